@@ -1,0 +1,25 @@
+import torch
+
+
+def test_tokenizer_round_trips_any_script(tiny_tokenizer):
+    for text in ["hello world", "кошка видит собаку", "猫が犬を見る", "مرحبا", "नमस्ते"]:
+        ids = tiny_tokenizer(text)["input_ids"]
+        assert tiny_tokenizer.decode(ids) == text
+
+
+def test_chat_template_marks_assistant_tokens(tiny_tokenizer):
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    out = tiny_tokenizer.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
+    mask = out["assistant_masks"]
+    ids = out["input_ids"]
+    assistant = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert assistant == "hello<|end|>"
+
+
+def test_architectures_build_and_run(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    for arch in ["llama", "mistral", "qwen2"]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch))
+        out = model(torch.tensor([[5, 6, 7]]))
+        assert out.logits.shape[-1] == model.config.vocab_size
