@@ -1,0 +1,56 @@
+# The CFT compendium. `make help` lists the targets.
+# Environment: the active virtualenv or conda env if there is one, else a .venv in the repository.
+SHELL := /bin/bash
+PROFILE ?= sandbox
+ifdef VIRTUAL_ENV
+  ENV_PREFIX := $(VIRTUAL_ENV)
+else ifdef CONDA_PREFIX
+  ENV_PREFIX := $(CONDA_PREFIX)
+else
+  ENV_PREFIX := $(CURDIR)/.venv
+endif
+PY := $(ENV_PREFIX)/bin/python
+STAMP := $(ENV_PREFIX)/.cft-setup.stamp
+export HF_HUB_OFFLINE ?= 0
+
+.PHONY: help setup reproduce test test-fast lint bench lab clean clean-artifacts
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  Variables: PROFILE=$(PROFILE) (sandbox | smoke | paper), CFT_HOME (heavy artifacts, default ./artifacts)"
+
+$(PY):
+	python3 -m venv $(ENV_PREFIX)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m cft_utils.setup_env
+	@date > $(STAMP)
+
+setup: $(STAMP) ## Create/refresh the environment (pinned torch 2.13 CPU wheel), register the Jupyter kernel, IFEval data
+	@echo "environment: $(ENV_PREFIX)"
+
+reproduce: setup ## Execute the notebooks with papermill for PROFILE (default sandbox): reports/, results/, figures/
+	$(PY) -m cft_utils.reproduce --profile $(PROFILE)
+
+test: setup ## Run the whole test suite (what CI runs)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: setup ## Tests without the slow ones (no training, no notebooks)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+lint: setup ## Ruff on the package, tests and benchmarks
+	$(PY) -m ruff check cft_utils tests bench
+
+bench: setup ## Benchmarks (ratios against a baseline measured in the same run)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lab: setup ## Open JupyterLab on the notebooks with the project's kernel
+	$(PY) -m jupyter lab notebooks
+
+clean: ## Remove generated reports, results and figures (keeps artifacts and the environment)
+	rm -rf reports results figures/*/
+
+clean-artifacts: ## Remove heavy artifacts (models, checkpoints) under CFT_HOME or ./artifacts
+	rm -rf $${CFT_HOME:-artifacts}

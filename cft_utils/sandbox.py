@@ -1,0 +1,770 @@
+"""The sandbox: a seeded, offline, multilingual world in which the paper's experiment runs on a CPU.
+
+Design (why it looks like this)
+-------------------------------
+* **Languages.** English plus constructed languages (ISO 639 private-use codes ``qaa``...``qae``), each a
+  *relexification* of the world's closed English vocabulary: every English word has one generated word per
+  language, in its own script (Latin, Latin with diacritics, Cyrillic, Greek, Katakana). Relexification gives
+  exact parallel text and an exact word-by-word translator (the sandbox backend of the mOpenOrca builder),
+  while the scripts make the tokenizer treat the languages as really different. Real languages would need
+  hand-made lexicons and grammars and would still not be parallel.
+* **Concepts.** A shared inventory of things (animals, fruit, vegetables, tools, vehicles, furniture) with
+  seeded facts (colour, place, size). Facts are stated in the pre-training corpus in every language, so
+  knowledge exists before any instruction tuning (the MMLU-like analogue tests it).
+* **Task families** mirror the paper's datasets:
+  - family ``A`` (Alpaca-like seed tasks: short direct answers over lists, facts and a context),
+  - family ``B`` (OpenOrca-like: a system prompt and step-by-step answers ending in "so the answer is ..."),
+  - family ``C`` (general chat tasks only the off-the-shelf "Instruct" mixture covers).
+  Alpaca = A in English; MultiAlpaca = A in the other languages (similar tasks); OpenOrca = B in English;
+  mOpenOrca = B translated into the other languages (through ``cft_utils.translate`` when available);
+  Instruct = an English mixture of B, C and a little A (dissimilar to MultiAlpaca).
+* **What makes similarity protective.** The pre-training corpus holds parallel and code-switched sentences and
+  dictionary lines, so translations share representations; task templates are word-for-word parallel and
+  answers copy from the input or use shared digits, so a task learnt in any language is the same computation.
+  Phase 2 on the same family rehearses that computation; Phase 2 on another family trains a different one
+  and overwrites the English behaviour.
+* **Counterparts.** Every non-English record keeps ``counterpart_id``, the id of its English original, which
+  generative and English replay need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# ----------------------------------------------------------------------------------------------------------
+# Languages and lexicon
+# ----------------------------------------------------------------------------------------------------------
+
+# Constructed languages: syllable inventories and a script. ISO 639-2 reserves qaa-qtz for local use.
+LANGUAGE_INVENTORY: dict[str, dict] = {
+    "qaa": {"name": "Valic", "script": "Latin", "onsets": "p t k m n s l r v b", "vowels": "a e i o u"},
+    "qab": {"name": "Dorren", "script": "Latin", "onsets": "d g f z h j w c sk tr", "vowels": "a ä e ë o ö u"},
+    "qac": {"name": "Kirav", "script": "Cyrillic", "onsets": "b v d z k l m n p r", "vowels": "a e i o u y"},
+    "qad": {"name": "Thelan", "script": "Greek", "onsets": "th ph k l m n p r s t", "vowels": "a e i o y"},
+    "qae": {"name": "Kanu", "script": "Katakana", "onsets": "k s t n h m y r w", "vowels": "a i u e o"},
+}
+LANGUAGE_NAMES = {"en": "English", **{k: v["name"] for k, v in LANGUAGE_INVENTORY.items()}}
+
+_CYRILLIC = {
+    "a": "а", "b": "б", "v": "в", "d": "д", "e": "е", "z": "з", "i": "и", "k": "к", "l": "л", "m": "м",
+    "n": "н", "o": "о", "p": "п", "r": "р", "u": "у", "y": "ы",
+}
+_GREEK = {
+    "th": "θ", "ph": "φ", "a": "α", "e": "ε", "i": "ι", "o": "ο", "y": "υ", "k": "κ", "l": "λ", "m": "μ",
+    "n": "ν", "p": "π", "r": "ρ", "s": "σ", "t": "τ",
+}
+_KATAKANA = dict(
+    zip(
+        "ka ki ku ke ko sa si su se so ta ti tu te to na ni nu ne no ha hi hu he ho ma mi mu me mo "
+        "ya yi yu ye yo ra ri ru re ro wa wi wu we wo".split(),
+        "カキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤイユエヨラリルレロワヰウヱヲ",
+    )
+)
+
+
+def _transliterate(syllables: list[tuple[str, str]], script: str) -> str:
+    if script == "Latin":
+        return "".join(o + v for o, v in syllables)
+    if script == "Katakana":
+        return "".join(_KATAKANA[o + v] for o, v in syllables)
+    table = _CYRILLIC if script == "Cyrillic" else _GREEK
+    out = []
+    for o, v in syllables:
+        out.append(table[o] if o in table else "".join(table[c] for c in o))
+        out.append(table[v])
+    return "".join(out)
+
+
+def make_lexicon(english_words: Iterable[str], languages: list[str], seed: int) -> dict[str, dict[str, str]]:
+    """One generated word per (English word, language), unique within each language, seeded."""
+    words = sorted(set(english_words))
+    lexicon: dict[str, dict[str, str]] = {}
+    for lang in languages:
+        if lang == "en":
+            continue
+        if lang not in LANGUAGE_INVENTORY:
+            raise ValueError(f"unknown sandbox language {lang!r}; known: {sorted(LANGUAGE_INVENTORY)}")
+        inv = LANGUAGE_INVENTORY[lang]
+        onsets, vowels = inv["onsets"].split(), inv["vowels"].split()
+        rng = random.Random(f"{seed}-{lang}")
+        used: set[str] = set()
+        table = {}
+        for w in words:
+            # Longer English words get longer translations (roughly), like natural languages.
+            n_syl = 1 if len(w) <= 3 else (2 if len(w) <= 6 else 3)
+            for attempt in range(1000):
+                syl = [(rng.choice(onsets), rng.choice(vowels)) for _ in range(n_syl + attempt // 50)]
+                cand = _transliterate(syl, inv["script"])
+                if cand not in used and cand not in words:
+                    break
+            used.add(cand)
+            table[w] = cand
+        lexicon[lang] = table
+    return lexicon
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def translate_words(text: str, lexicon: dict[str, dict[str, str]], lang: str) -> str:
+    """Word-by-word translation of world English into ``lang`` (digits, punctuation and unknown words kept)."""
+    if lang == "en":
+        return text
+    if lang not in lexicon:
+        raise KeyError(f"language {lang!r} is not in this world (have en + {sorted(lexicon)})")
+    table = lexicon[lang]
+    return _WORD.sub(lambda m: table.get(m.group(0), m.group(0)), text)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Concepts and facts
+# ----------------------------------------------------------------------------------------------------------
+
+CONCEPTS: dict[str, list[str]] = {
+    "animal": "fox cat dog cow horse bear wolf fish shark duck owl frog bee goat pig mouse".split(),
+    "fruit": "apple pear plum lemon grape peach cherry melon fig".split(),
+    "vegetable": "carrot onion bean pea leek kale".split(),
+    "tool": "hammer saw knife spoon brush rope nail axe".split(),
+    "vehicle": "car bus boat train bike ship truck plane".split(),
+    "furniture": "chair table bed lamp shelf desk".split(),
+}
+COLOURS = "red blue green yellow white black brown grey".split()
+PLACES = {
+    "animal": ["forest", "farm", "sea", "river", "field"],
+    "fruit": ["garden", "market", "kitchen"],
+    "vegetable": ["garden", "market", "field"],
+    "tool": ["garage", "shop", "kitchen"],
+    "vehicle": ["road", "port", "garage", "city"],
+    "furniture": ["house", "shop", "office"],
+}
+ARTICLE = {"animal": "an animal", "fruit": "a fruit", "vegetable": "a vegetable", "tool": "a tool",
+           "vehicle": "a vehicle", "furniture": "a piece of furniture"}
+
+
+@dataclass(frozen=True)
+class Fact:
+    name: str
+    category: str
+    colour: str
+    place: str
+    size: int
+
+
+def make_facts(seed: int) -> dict[str, Fact]:
+    """Seeded facts for every concept: colour, place and size (1-9, digits shared by all languages)."""
+    rng = random.Random(f"{seed}-facts")
+    facts = {}
+    for cat, names in CONCEPTS.items():
+        for n in names:
+            facts[n] = Fact(n, cat, rng.choice(COLOURS), rng.choice(PLACES[cat]), rng.randint(1, 9))
+    return facts
+
+
+def fact_sentences(f: Fact) -> list[str]:
+    return [
+        f"the {f.name} is {ARTICLE[f.category]} .",
+        f"the {f.name} is {f.colour} .",
+        f"the {f.name} is found in the {f.place} .",
+        f"the {f.name} has size {f.size} .",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks: each returns (system, instruction, response) in world English
+# ----------------------------------------------------------------------------------------------------------
+
+SYSTEM_PROMPTS_B = [
+    "you are a helpful assistant . think step by step .",
+    "you are an assistant that explains its answer .",
+    "you are a careful assistant . give your reasons first .",
+]
+
+
+def _pick(rng, facts, k, distinct_attr=None):
+    names = list(facts)
+    for _ in range(200):
+        sel = rng.sample(names, k)
+        if distinct_attr is None or len({getattr(facts[n], distinct_attr) for n in sel}) == k:
+            return sel
+    return sel
+
+
+def _lst(items):
+    return " , ".join(items)
+
+
+def task_a_reverse(rng, facts):
+    items = _pick(rng, facts, rng.randint(2, 5))
+    return None, f"reverse the list : {_lst(items)} .", f"{_lst(items[::-1])} ."
+
+
+def task_a_last(rng, facts):
+    items = _pick(rng, facts, rng.randint(2, 5))
+    return None, f"what is the last word in the list : {_lst(items)} ?", items[-1]
+
+
+def task_a_count(rng, facts):
+    items = _pick(rng, facts, rng.randint(1, 7))
+    return None, f"how many words are in the list : {_lst(items)} ?", str(len(items))
+
+
+def task_a_kind(rng, facts):
+    n = rng.choice(list(facts))
+    return None, f"what kind of thing is the {n} ?", f"the {n} is {ARTICLE[facts[n].category]} ."
+
+
+def task_a_colour(rng, facts):
+    n = rng.choice(list(facts))
+    return None, f"what colour is the {n} ?", f"the {n} is {facts[n].colour} ."
+
+
+def task_a_context(rng, facts):
+    """Extractive QA over a short context (the MLQA/XQuAD-like skill)."""
+    sel = _pick(rng, facts, 3)
+    sents = [s for n in sel for s in rng.sample(fact_sentences(facts[n]), 2)]
+    rng.shuffle(sents)
+    target = rng.choice(sel)
+    attr = rng.choice(["colour", "place"])
+    q = f"what colour is the {target} ?" if attr == "colour" else f"where is the {target} found ?"
+    ctx_sents = [s for s in sents if target not in s.split()]
+    ctx_sents.insert(rng.randint(0, len(ctx_sents)), fact_sentences(facts[target])[1 if attr == "colour" else 2])
+    ans = facts[target].colour if attr == "colour" else f"the {facts[target].place}"
+    return None, f"read the text and answer . text : {' '.join(ctx_sents)} question : {q}", ans
+
+
+def task_b_compare(rng, facts):
+    a, b = _pick(rng, facts, 2, "size")
+    fa, fb = facts[a], facts[b]
+    big = a if fa.size > fb.size else b
+    more = f"{max(fa.size, fb.size)} is more than {min(fa.size, fb.size)}"
+    return (rng.choice(SYSTEM_PROMPTS_B), f"which is bigger : the {a} or the {b} ?",
+            f"the {a} has size {fa.size} . the {b} has size {fb.size} . {more} . so the answer is the {big} .")
+
+
+def task_b_place(rng, facts):
+    n = rng.choice(list(facts))
+    f = facts[n]
+    return (rng.choice(SYSTEM_PROMPTS_B), f"where would you find the {n} ? explain .",
+            f"the {n} is {ARTICLE[f.category]} . the {n} is found in the {f.place} . so the answer is the {f.place} .")
+
+
+def task_b_odd(rng, facts):
+    cats = list(CONCEPTS)
+    c1, c2 = rng.sample(cats, 2)
+    items = rng.sample(CONCEPTS[c1], 2) + [rng.choice(CONCEPTS[c2])]
+    odd = items[-1]
+    rng.shuffle(items)
+    steps = " ".join(f"the {n} is {ARTICLE[facts[n].category]} ." for n in items)
+    return (rng.choice(SYSTEM_PROMPTS_B), f"which word does not belong : {_lst(items)} ?",
+            f"{steps} so the answer is the {odd} .")
+
+
+def task_b_sort(rng, facts):
+    items = _pick(rng, facts, 3, "size")
+    srt = sorted(items, key=lambda n: facts[n].size)
+    steps = " ".join(f"the {n} has size {facts[n].size} ." for n in items)
+    return (rng.choice(SYSTEM_PROMPTS_B), f"sort by size from small to big : {_lst(items)} .",
+            f"{steps} so the answer is {_lst(srt)} .")
+
+
+def task_b_summary(rng, facts):
+    """Summarise a short text about one thing (the XL-Sum-like skill)."""
+    n = rng.choice(list(facts))
+    f = facts[n]
+    other = rng.choice([m for m in facts if m != n])
+    sents = fact_sentences(f) + [rng.choice(fact_sentences(facts[other]))]
+    rng.shuffle(sents)
+    return (rng.choice(SYSTEM_PROMPTS_B), f"summarize the text in one sentence . text : {' '.join(sents)}",
+            f"the text is about the {n} , {ARTICLE[f.category]} that is {f.colour} and found in the {f.place} .")
+
+
+def task_c_sentence(rng, facts):
+    n = rng.choice(list(facts))
+    f = facts[n]
+    return None, f"write a sentence about the {n} .", f"the {n} is {ARTICLE[f.category]} that is {f.colour} ."
+
+
+def task_c_find(rng, facts):
+    colour = rng.choice(sorted({f.colour for f in facts.values()}))
+    matches = sorted(n for n, f in facts.items() if f.colour == colour)
+    return None, f"name all the things that are {colour} .", f"{_lst(matches)} ."
+
+
+def task_c_repeat(rng, facts):
+    n, k = rng.choice(list(facts)), rng.randint(2, 5)
+    return None, f"repeat the word {n} {k} times .", " ".join([n] * k)
+
+
+def task_c_first(rng, facts):
+    items = _pick(rng, facts, rng.randint(2, 5))
+    return None, f"what is the first word in the list : {_lst(items)} ?", items[0]
+
+
+def task_c_same_place(rng, facts):
+    place = rng.choice(sorted({f.place for f in facts.values()}))
+    matches = sorted(n for n, f in facts.items() if f.place == place)
+    return None, f"what can you find in the {place} ?", f"in the {place} you can find {_lst(matches)} ."
+
+
+FAMILIES = {
+    "A": [task_a_reverse, task_a_last, task_a_count, task_a_kind, task_a_colour, task_a_context],
+    "B": [task_b_compare, task_b_place, task_b_odd, task_b_sort, task_b_summary],
+    "C": [task_c_sentence, task_c_find, task_c_repeat, task_c_first, task_c_same_place],
+}
+
+# Verifiable formatting constraints (the IFEval-like skill), applied to a share of records of every family.
+END_WORDS = ["done", "thanks", "okay"]
+
+
+def apply_constraint(rng, instruction: str, response: str) -> tuple[str, str, dict]:
+    kind = rng.choice(["end_word", "quotes"])
+    if kind == "end_word":
+        w = rng.choice(END_WORDS)
+        return (f"{instruction} end your answer with the word {w} .", f"{response} {w}",
+                {"constraint": "end_word", "word": w})
+    return f"{instruction} put your answer in quotes .", f'"{response}"', {"constraint": "quotes"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The world
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorldSpec:
+    """Everything that determines the sandbox world (its hash names the cache folder)."""
+
+    seed: int = 1234
+    languages: list[str] = field(default_factory=lambda: ["en", "qaa", "qab", "qac", "qad", "qae"])
+    constraint_rate: float = 0.15
+    # records per split (English originals; multilingual sets hold this many per language)
+    n_phase1: int = 1200
+    n_phase2_per_language: int = 240
+    n_instruct: int = 1600
+    n_test_per_language: int = 60
+    instruct_mix: dict[str, float] = field(default_factory=lambda: {"A": 0.2, "B": 0.4, "C": 0.4})
+    # pre-training corpus size in documents
+    n_corpus_documents: int = 6000
+
+    def world_id(self) -> str:
+        blob = json.dumps(self.__dict__, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class World:
+    """A generated world: facts, lexicon, corpus, and instruction datasets, all from ``WorldSpec``."""
+
+    def __init__(self, spec: WorldSpec):
+        self.spec = spec
+        self.facts = make_facts(spec.seed)
+        self.lexicon = make_lexicon(self._english_vocabulary(), spec.languages, spec.seed)
+        self._instances: dict[tuple[str, str], list[dict]] = {}
+
+    @property
+    def other_languages(self) -> list[str]:
+        return [lang for lang in self.spec.languages if lang != "en"]
+
+    def _english_vocabulary(self) -> set[str]:
+        # Every English word any generator can emit: sample generously from every task and source of text.
+        rng = random.Random(0)
+        texts = []
+        for f in self.facts.values():
+            texts += fact_sentences(f)
+        for fam in FAMILIES.values():
+            for task in fam:
+                for _ in range(200):
+                    texts += [t for t in task(rng, self.facts) if t]
+        for w in END_WORDS:
+            texts.append(f"end your answer with the word {w} . put your answer in quotes .")
+        texts += SYSTEM_PROMPTS_B + _CORPUS_GLUE
+        texts += [st.format(n="fox", place="forest") for steps in _STORY_STEPS for st in steps]
+        texts += ["the list is : the list has words . the first word is the last word is in reverse :"]
+        return {w for t in texts for w in _WORD.findall(t.lower())}
+
+    def translate(self, text: str, lang: str) -> str:
+        """Exact word-by-word translation of world English into ``lang``."""
+        return translate_words(text, self.lexicon, lang)
+
+    # -- instruction data ------------------------------------------------------------------------------
+    # Splits partition every task's instance space by a hash of the instruction, so a split's contents do not
+    # depend on which other splits were drawn first, and no instruction is in two splits.
+    SPLIT_BUCKETS = {"phase1": (0, 35), "phase2": (35, 70), "instruct": (70, 90), "test": (90, 100)}
+
+    def _bucket(self, family: str, instruction: str) -> int:
+        h = hashlib.sha1(f"{self.spec.seed}|{family}|{instruction}".encode()).hexdigest()
+        return int(h[:8], 16) % 100
+
+    def english_instances(self, family: str, split: str, n: int) -> list[dict]:
+        """``n`` English task instances of ``family`` for ``split`` (phase1 / phase2 / instruct / test).
+
+        Tasks are drawn in rotation; a task whose share of instances is used up (the fact questions have
+        few) leaves the rotation, so the split is filled by the others.
+        """
+        key = (family, split)
+        if key in self._instances and len(self._instances[key]) >= n:
+            return self._instances[key][:n]
+        lo, hi = self.SPLIT_BUCKETS[split]
+        rng = random.Random(f"{self.spec.seed}-{family}-{split}")
+        active = list(FAMILIES[family])
+        misses = {t: 0 for t in active}
+        out, own = [], set()
+        while len(out) < n:
+            if not active:
+                raise RuntimeError(f"the world has fewer than {n} distinct {family}/{split} instances")
+            task = active[len(out) % len(active)]
+            system, instr, resp = task(rng, self.facts)
+            meta = {"task": task.__name__.removeprefix("task_")}
+            if rng.random() < self.spec.constraint_rate:
+                instr, resp, c = apply_constraint(rng, instr, resp)
+                meta.update(c)
+            if instr in own or not lo <= self._bucket(family, instr) < hi:
+                misses[task] += 1
+                if misses[task] > 400:
+                    active.remove(task)
+                continue
+            misses[task] = 0
+            own.add(instr)
+            out.append({"id": f"{family}-{split}-{len(out):05d}", "family": family, "system": system,
+                        "instruction": instr, "response": resp, **meta})
+        self._instances[key] = out
+        return out
+
+    def render(self, inst: dict, lang: str, dataset: str) -> dict:
+        """One instance as a record of the common chat schema, in ``lang``."""
+        tr = lambda s: self.translate(s, lang)  # noqa: E731
+        prompt = []
+        if inst["system"]:
+            prompt.append({"role": "system", "content": tr(inst["system"])})
+        prompt.append({"role": "user", "content": tr(inst["instruction"])})
+        rec = {
+            "id": f"{inst['id']}-{lang}",
+            "dataset": dataset,
+            "language": lang,
+            "counterpart_id": None if lang == "en" else f"{inst['id']}-en",
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": tr(inst["response"])}],
+            "task": inst["task"],
+        }
+        if "constraint" in inst:
+            rec["constraint"] = inst["constraint"]
+            if "word" in inst:
+                rec["constraint_word"] = tr(inst["word"])
+        return rec
+
+    def dataset(self, name: str) -> list[dict]:
+        """The sandbox analogue of a paper dataset: alpaca, multialpaca, openorca, mopenorca, instruct,
+        or their English counterparts ``multialpaca_en`` / ``mopenorca_en`` (for replay)."""
+        s = self.spec
+        if name == "alpaca":
+            return [self.render(i, "en", name) for i in self.english_instances("A", "phase1", s.n_phase1)]
+        if name == "openorca":
+            return [self.render(i, "en", name) for i in self.english_instances("B", "phase1", s.n_phase1)]
+        if name in ("multialpaca", "mopenorca", "multialpaca_en", "mopenorca_en"):
+            fam = "A" if name.startswith("multialpaca") else "B"
+            langs = self.other_languages
+            pool = self.english_instances(fam, "phase2", s.n_phase2_per_language * len(langs))
+            if name.endswith("_en"):
+                return [self.render(i, "en", name) for i in pool]
+            # Each English instance appears in exactly one language: fewer records per language, like MultiAlpaca.
+            return [self.render(inst, langs[k % len(langs)], name) for k, inst in enumerate(pool)]
+        if name == "instruct":
+            out = []
+            for fam, share in sorted(s.instruct_mix.items()):
+                out += [self.render(i, "en", name)
+                        for i in self.english_instances(fam, "instruct", round(share * s.n_instruct))]
+            random.Random(f"{s.seed}-instruct-shuffle").shuffle(out)
+            return out
+        raise KeyError(f"no sandbox dataset named {name!r}; known: {SANDBOX_DATASETS}")
+
+    def test_set(self, family: str, lang: str = "en") -> list[dict]:
+        """Held-out records of ``family`` in ``lang`` (the same instances in every language)."""
+        insts = self.english_instances(family, "test", self.spec.n_test_per_language)
+        return [self.render(i, lang, f"test_{family}") for i in insts]
+
+    # -- pre-training corpus --------------------------------------------------------------------------
+    def corpus(self) -> list[str]:
+        """The raw multilingual pre-training corpus: facts, lists, stories, parallel and code-switched text."""
+        rng = random.Random(f"{self.spec.seed}-corpus")
+        langs = self.spec.languages
+        names = list(self.facts)
+        docs = []
+        for d in range(self.spec.n_corpus_documents):
+            kind = d % 6
+            lang = langs[d % len(langs)] if kind != 5 else None
+            if kind == 0:  # facts about a few things
+                sents = [s for n in rng.sample(names, 3) for s in fact_sentences(self.facts[n])]
+                rng.shuffle(sents)
+                text = " ".join(sents)
+            elif kind == 1:  # lists, counts, orders: every output form of the tasks appears in raw text
+                items = rng.sample(names, rng.randint(1, 6))
+                text = (f"the list is : {_lst(items)} . the list has {len(items)} words . "
+                        f"the first word is {items[0]} . the last word is {items[-1]} . "
+                        f"in reverse : {_lst(items[::-1])} .")
+            elif kind == 2:  # a short story (the HellaSwag-like continuation skill)
+                n = rng.choice(names)
+                steps = rng.choice(_STORY_STEPS)
+                text = " ".join(s.format(n=n, place=self.facts[n].place) for s in steps)
+            elif kind == 3:  # reasoning text with the "so the answer is" form
+                system, instr, resp = rng.choice(FAMILIES["B"])(rng, self.facts)
+                text = resp
+            elif kind == 4:  # generic glue sentences and descriptions
+                n = rng.choice(names)
+                f = self.facts[n]
+                text = (f"the {n} is {ARTICLE[f.category]} that is {f.colour} . "
+                        f"in the {f.place} you can find the {n} . " + rng.choice(_CORPUS_GLUE))
+            else:  # parallel and code-switched text, and dictionary lines: the cross-lingual glue
+                other = rng.choice(self.other_languages)
+                sents = fact_sentences(self.facts[rng.choice(names)])
+                s = rng.choice(sents)
+                words = s.split()
+                mixed = " ".join(self.translate(w, other) if rng.random() < 0.5 else w for w in words)
+                w = rng.choice(words[:3] + [rng.choice(names)])
+                text = (f"{s} = {self.translate(s, other)} . {mixed} . "
+                        f"{w} = {self.translate(w, other)} .")
+                docs.append(text)
+                continue
+            docs.append(self.translate(text, lang))
+        return docs
+
+    # -- serialisation ---------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {
+            "world_id": self.spec.world_id(),
+            "spec": self.spec.__dict__,
+            "languages": {k: LANGUAGE_NAMES[k] for k in self.spec.languages},
+            "n_concepts": len(self.facts),
+            "vocabulary_size": len(next(iter(self.lexicon.values()), {})),
+        }
+
+
+_STORY_STEPS = [
+    ["the {n} wakes up .", "the {n} goes to the {place} .", "then the {n} eats .", "at night the {n} sleeps ."],
+    ["a child sees the {n} .", "the child walks to the {place} .", "the child finds the {n} .", "then the child is happy ."],
+    ["the {n} is lost .", "a friend looks in the {place} .", "the friend finds the {n} .", "then they go home ."],
+]
+_CORPUS_GLUE = [
+    "this is a good answer .", "here is the text .", "the question is easy .", "we read the list .",
+    "the answer is short .", "people like to talk about things .",
+]
+
+SANDBOX_DATASETS = ("alpaca", "multialpaca", "openorca", "mopenorca", "instruct", "multialpaca_en", "mopenorca_en")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building the world's tokenizer and base model (cached under $CFT_HOME/sandbox/<world id>/)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaseModelSpec:
+    """The tiny base LM and its pre-training (hyper-parameters chosen for a 2-core CPU)."""
+
+    arch: str = "llama"
+    hidden_size: int = 192
+    num_layers: int = 6
+    num_heads: int = 6
+    intermediate_size: int = 512
+    vocab_size: int = 2048
+    block_size: int = 128
+    batch_size: int = 16
+    epochs: float = 2.0
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    seed: int = 0
+
+    def model_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def world_dir(spec: WorldSpec, home: Path) -> Path:
+    return Path(home) / "sandbox" / f"world-{spec.world_id()}"
+
+
+def _all_texts(world: World) -> list[str]:
+    texts = list(world.corpus())
+    for name in ("alpaca", "multialpaca", "openorca", "mopenorca", "instruct"):
+        for r in world.dataset(name):
+            texts += [m["content"] for m in r["prompt"] + r["completion"]]
+    return texts
+
+
+def build_tokenizer(world: World, out_dir: Path, vocab_size: int = 2048):
+    """Train (once) the world's byte-level BPE with the chat template; return the loaded tokenizer."""
+    from transformers import AutoTokenizer
+
+    from .io import write_json
+    from .tiny import train_bpe_tokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "DONE").exists():
+        return AutoTokenizer.from_pretrained(out_dir)
+    tok = train_bpe_tokenizer(_all_texts(world), vocab_size=vocab_size)
+    tok.save_pretrained(out_dir)
+    write_json(out_dir / "DONE", {"vocab": len(tok)})
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
+def pretrain_base_model(world: World, tokenizer, spec: BaseModelSpec, out_dir: Path, num_threads: int | None = None):
+    """Pre-train (once) the tiny base LM on the world's corpus with the HF Trainer; return its directory.
+
+    The corpus is tokenised, concatenated with end-of-text separators and cut into fixed blocks (the usual
+    causal-LM recipe). Interrupted pre-training resumes from its last checkpoint.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from .io import write_json
+    from .tiny import build_causal_lm
+
+    out_dir = Path(out_dir)
+    if (out_dir / "DONE").exists():
+        return out_dir
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    docs = world.corpus()
+    random.Random(spec.seed).shuffle(docs)
+    ids: list[int] = []
+    for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids += enc + [tokenizer.eos_token_id]
+    n_blocks = len(ids) // spec.block_size
+    blocks = [ids[i * spec.block_size:(i + 1) * spec.block_size] for i in range(n_blocks)]
+    ds = Dataset.from_dict({"input_ids": blocks})
+    model = build_causal_lm(tokenizer, arch=spec.arch, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                            num_heads=spec.num_heads, intermediate_size=spec.intermediate_size, seed=spec.seed,
+                            max_position_embeddings=1024)
+    ckpt_dir = out_dir.parent / (out_dir.name + "-checkpoints")
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=spec.batch_size, num_train_epochs=spec.epochs,
+        learning_rate=spec.learning_rate, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
+        weight_decay=0.01, logging_steps=20, save_strategy="steps", save_steps=100, save_total_limit=1,
+        report_to="none", seed=spec.seed, use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    from .runs import last_complete_checkpoint
+
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(ckpt_dir))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    log = [h for h in trainer.state.log_history if "loss" in h]
+    write_json(out_dir / "pretrain_log.json", log)
+    write_json(out_dir / "DONE", {"n_tokens": len(ids), "n_blocks": n_blocks, "final_loss": log[-1]["loss"] if log else None,
+                                  "n_parameters": sum(p.numel() for p in model.parameters())})
+    import shutil
+
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return out_dir
+
+
+def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
+    """Greedy answers to the records' prompts (batched, left-padded; a padded row equals its solo run)."""
+    import torch
+
+    prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in records]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out = []
+    model.eval()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [o.strip() for o in out]
+
+
+def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languages=("en",)) -> list[dict]:
+    """A quick check of task ability: exact match of greedy answers on held-out test records, per family
+    and language. (The full benchmarks are the evaluation notebooks' job.)"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    rows = []
+    for fam in families:
+        for lang in languages:
+            recs = world.test_set(fam, lang)
+            answers = generate_answers(model, tok, recs)
+            em = [a == r["completion"][0]["content"] for a, r in zip(answers, recs)]
+            rows.append({"family": fam, "language": lang, "exact_match": sum(em) / len(em), "n": len(em)})
+    return rows
+
+
+def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[str, ...] | None = None):
+    """Exact-match probe of every Phase 2 run and its Phase 1 parent (P1 vs P2), as a tidy DataFrame.
+
+    Probes are cached in each run's folder (``probe.json``), so a rerun costs nothing.
+    """
+    import pandas as pd
+
+    from .io import read_json, write_json
+
+    languages = languages or ("en", world.other_languages[0])
+    cache: dict[str, list[dict]] = {}
+
+    def probe(run) -> list[dict]:
+        key = str(run.model_dir)
+        if key not in cache:
+            f = run.dir / "probe.json"
+            want = {"families": list(families), "languages": list(languages)}
+            if f.exists() and read_json(f)["config"] == want:
+                cache[key] = read_json(f)["rows"]
+            else:
+                cache[key] = exact_match_probe(run.model_dir, world, families, languages)
+                if run.data_key is not None:
+                    write_json(f, {"config": want, "rows": cache[key]})
+        return cache[key]
+
+    rows = []
+    for r in plan.phase2:
+        parent = r.extra["parent"]
+        for ckpt, run in (("P1", parent), ("P2", r)):
+            for row in probe(run):
+                rows.append({"model": r.model, "phase1_data": r.phase1_data, "phase2_data": r.phase2_data,
+                             "strategy": r.strategy, "checkpoint": ckpt, **row})
+    return pd.DataFrame(rows)
+
+
+def plot_probe(probe, stem=None, language: str = "en"):
+    """Bars of P1 vs P2 exact match per family, one panel per (Phase 1 data -> Phase 2 data) cell."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    d = probe[probe.language == language]
+    cells = list(dict.fromkeys(zip(d.model, d.phase1_data, d.phase2_data)))
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.2), sharey=True, squeeze=False)
+    for ax, (m, p1, p2) in zip(axes[0], cells):
+        sub = d[(d.model == m) & (d.phase1_data == p1) & (d.phase2_data == p2)]
+        fams = sorted(sub.family.unique())
+        for k, ck in enumerate(("P1", "P2")):
+            vals = [sub[(sub.family == f) & (sub.checkpoint == ck)].exact_match.mean() for f in fams]
+            ax.bar([i + 0.4 * k for i in range(len(fams))], vals, width=0.4, label=ck)
+        ax.set_xticks([i + 0.2 for i in range(len(fams))], [f"family {f}" for f in fams])
+        ax.set_title(f"{p1} → {p2}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"exact match ({LANGUAGE_NAMES.get(language, language)} test items)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    if stem is not None:
+        from .report import save_figure
+
+        save_figure(fig, stem)
+    return fig
