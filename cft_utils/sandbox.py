@@ -186,21 +186,22 @@ SYSTEM_PROMPTS_B = [
 ]
 
 
-def _pick(rng, facts, k, distinct_attr=None):
-    names = list(facts)
-    for _ in range(200):
-        sel = rng.sample(names, k)
-        if distinct_attr is None or len({getattr(facts[n], distinct_attr) for n in sel}) == k:
-            return sel
-    return sel
+def _pick(rng, facts, k):
+    return rng.sample(list(facts), k)
 
 
 def _lst(items):
-    return " , ".join(items)
+    return " , ".join(str(i) for i in items)
+
+
+ANSWER_MARK = "so the answer is"
+
+# Family A (Alpaca-like seed tasks): short direct answers, computed from the input (copy, order, count,
+# extract) or from a category every concept has; what the world's Alpaca and MultiAlpaca both teach.
 
 
 def task_a_reverse(rng, facts):
-    items = _pick(rng, facts, rng.randint(2, 5))
+    items = _pick(rng, facts, rng.randint(2, 4))
     return None, f"reverse the list : {_lst(items)} .", f"{_lst(items[::-1])} ."
 
 
@@ -210,7 +211,7 @@ def task_a_last(rng, facts):
 
 
 def task_a_count(rng, facts):
-    items = _pick(rng, facts, rng.randint(1, 7))
+    items = _pick(rng, facts, rng.randint(1, 6))
     return None, f"how many words are in the list : {_lst(items)} ?", str(len(items))
 
 
@@ -219,85 +220,65 @@ def task_a_kind(rng, facts):
     return None, f"what kind of thing is the {n} ?", f"the {n} is {ARTICLE[facts[n].category]} ."
 
 
-def task_a_colour(rng, facts):
-    n = rng.choice(list(facts))
-    return None, f"what colour is the {n} ?", f"the {n} is {facts[n].colour} ."
-
-
 def task_a_context(rng, facts):
-    """Extractive QA over a short context (the MLQA/XQuAD-like skill)."""
-    sel = _pick(rng, facts, 3)
-    sents = [s for n in sel for s in rng.sample(fact_sentences(facts[n]), 2)]
-    rng.shuffle(sents)
-    target = rng.choice(sel)
-    attr = rng.choice(["colour", "place"])
-    q = f"what colour is the {target} ?" if attr == "colour" else f"where is the {target} found ?"
-    ctx_sents = [s for s in sents if target not in s.split()]
-    ctx_sents.insert(rng.randint(0, len(ctx_sents)), fact_sentences(facts[target])[1 if attr == "colour" else 2])
-    ans = facts[target].colour if attr == "colour" else f"the {facts[target].place}"
-    return None, f"read the text and answer . text : {' '.join(ctx_sents)} question : {q}", ans
+    """Extractive QA over a short context of made-up statements (the MLQA/XQuAD-like skill)."""
+    names = _pick(rng, facts, rng.randint(2, 3))
+    colours = rng.sample(COLOURS, len(names))
+    sents = [f"the {n} is {c} ." for n, c in zip(names, colours)]
+    k = rng.randrange(len(names))
+    return (None, f"read the text and answer . text : {' '.join(sents)} question : what colour is the {names[k]} ?",
+            colours[k])
 
 
-def task_b_compare(rng, facts):
-    a, b = _pick(rng, facts, 2, "size")
-    fa, fb = facts[a], facts[b]
-    big = a if fa.size > fb.size else b
-    more = f"{max(fa.size, fb.size)} is more than {min(fa.size, fb.size)}"
-    return (rng.choice(SYSTEM_PROMPTS_B), f"which is bigger : the {a} or the {b} ?",
-            f"the {a} has size {fa.size} . the {b} has size {fb.size} . {more} . so the answer is the {big} .")
+# Family B (OpenOrca-like): a system prompt and a step-by-step answer ending in "so the answer is ...".
 
 
-def task_b_place(rng, facts):
-    n = rng.choice(list(facts))
-    f = facts[n]
-    return (rng.choice(SYSTEM_PROMPTS_B), f"where would you find the {n} ? explain .",
-            f"the {n} is {ARTICLE[f.category]} . the {n} is found in the {f.place} . so the answer is the {f.place} .")
+def task_b_bigger(rng, facts):
+    a, b = rng.sample(range(1, 10), 2)
+    return (rng.choice(SYSTEM_PROMPTS_B), f"which number is bigger : {a} or {b} ? explain .",
+            f"{max(a, b)} is more than {min(a, b)} . {ANSWER_MARK} {max(a, b)} .")
+
+
+def task_b_add(rng, facts):
+    a = rng.randint(1, 8)
+    b = rng.randint(1, 9 - a)
+    return (rng.choice(SYSTEM_PROMPTS_B), f"what is {a} plus {b} ? explain .",
+            f"{a} plus {b} is {a + b} . {ANSWER_MARK} {a + b} .")
+
+
+def task_b_sort(rng, facts):
+    nums = rng.sample(range(1, 10), 3)
+    s = sorted(nums)
+    return (rng.choice(SYSTEM_PROMPTS_B), f"sort the numbers from small to big : {_lst(nums)} .",
+            f"the smallest is {s[0]} . the biggest is {s[-1]} . {ANSWER_MARK} {_lst(s)} .")
 
 
 def task_b_odd(rng, facts):
-    cats = list(CONCEPTS)
-    c1, c2 = rng.sample(cats, 2)
+    c1, c2 = rng.sample(list(CONCEPTS), 2)
     items = rng.sample(CONCEPTS[c1], 2) + [rng.choice(CONCEPTS[c2])]
     odd = items[-1]
     rng.shuffle(items)
     steps = " ".join(f"the {n} is {ARTICLE[facts[n].category]} ." for n in items)
     return (rng.choice(SYSTEM_PROMPTS_B), f"which word does not belong : {_lst(items)} ?",
-            f"{steps} so the answer is the {odd} .")
-
-
-def task_b_sort(rng, facts):
-    items = _pick(rng, facts, 3, "size")
-    srt = sorted(items, key=lambda n: facts[n].size)
-    steps = " ".join(f"the {n} has size {facts[n].size} ." for n in items)
-    return (rng.choice(SYSTEM_PROMPTS_B), f"sort by size from small to big : {_lst(items)} .",
-            f"{steps} so the answer is {_lst(srt)} .")
+            f"{steps} {ANSWER_MARK} {odd} .")
 
 
 def task_b_summary(rng, facts):
-    """Summarise a short text about one thing (the XL-Sum-like skill)."""
-    n = rng.choice(list(facts))
-    f = facts[n]
-    other = rng.choice([m for m in facts if m != n])
-    sents = fact_sentences(f) + [rng.choice(fact_sentences(facts[other]))]
+    """Name the topic of a short text (the XL-Sum-like skill): the thing most sentences are about."""
+    main, other = _pick(rng, facts, 2)
+    sents = [f"the {main} is {c} ." for c in rng.sample(COLOURS, 1)] + [
+        f"the {main} is found in the {rng.choice(sum(PLACES.values(), []))} .",
+        f"the {other} is {rng.choice(COLOURS)} ."]
     rng.shuffle(sents)
-    return (rng.choice(SYSTEM_PROMPTS_B), f"summarize the text in one sentence . text : {' '.join(sents)}",
-            f"the text is about the {n} , {ARTICLE[f.category]} that is {f.colour} and found in the {f.place} .")
+    return (rng.choice(SYSTEM_PROMPTS_B), f"summarize the text in a few words . text : {' '.join(sents)}",
+            f"two sentences talk about the {main} . {ANSWER_MARK} the {main} .")
 
 
-def task_c_sentence(rng, facts):
-    n = rng.choice(list(facts))
-    f = facts[n]
-    return None, f"write a sentence about the {n} .", f"the {n} is {ARTICLE[f.category]} that is {f.colour} ."
-
-
-def task_c_find(rng, facts):
-    colour = rng.choice(sorted({f.colour for f in facts.values()}))
-    matches = sorted(n for n, f in facts.items() if f.colour == colour)
-    return None, f"name all the things that are {colour} .", f"{_lst(matches)} ."
+# Family C: general chat tasks only the off-the-shelf "Instruct" mixture covers.
 
 
 def task_c_repeat(rng, facts):
-    n, k = rng.choice(list(facts)), rng.randint(2, 5)
+    n, k = rng.choice(list(facts)), rng.randint(2, 4)
     return None, f"repeat the word {n} {k} times .", " ".join([n] * k)
 
 
@@ -306,17 +287,31 @@ def task_c_first(rng, facts):
     return None, f"what is the first word in the list : {_lst(items)} ?", items[0]
 
 
-def task_c_same_place(rng, facts):
-    place = rng.choice(sorted({f.place for f in facts.values()}))
-    matches = sorted(n for n, f in facts.items() if f.place == place)
-    return None, f"what can you find in the {place} ?", f"in the {place} you can find {_lst(matches)} ."
+def task_c_join(rng, facts):
+    items = _pick(rng, facts, rng.randint(2, 4))
+    return None, f"join the words with and : {_lst(items)} .", " and ".join(items)
+
+
+def task_c_sentence(rng, facts):
+    n, c = rng.choice(list(facts)), rng.choice(COLOURS)
+    return None, f"make a sentence with the words {n} and {c} .", f"the {n} is {c} ."
 
 
 FAMILIES = {
-    "A": [task_a_reverse, task_a_last, task_a_count, task_a_kind, task_a_colour, task_a_context],
-    "B": [task_b_compare, task_b_place, task_b_odd, task_b_sort, task_b_summary],
-    "C": [task_c_sentence, task_c_find, task_c_repeat, task_c_first, task_c_same_place],
+    "A": [task_a_reverse, task_a_last, task_a_count, task_a_kind, task_a_context],
+    "B": [task_b_bigger, task_b_add, task_b_sort, task_b_odd, task_b_summary],
+    "C": [task_c_repeat, task_c_first, task_c_join, task_c_sentence],
 }
+
+
+def final_answer(text: str, marker: str = ANSWER_MARK) -> str:
+    """The answer part of a response: after the last "so the answer is" (in the response's language) when
+    present, else the whole response; trailing " ." removed. Used to score step-by-step answers."""
+    t = text.strip()
+    if marker in t:
+        t = t.rsplit(marker, 1)[1].strip()
+    return t.removesuffix(" .").strip()
+
 
 # Verifiable formatting constraints (the IFEval-like skill), applied to a share of records of every family.
 END_WORDS = ["done", "thanks", "okay"]
@@ -350,7 +345,7 @@ class WorldSpec:
     n_test_per_language: int = 60
     instruct_mix: dict[str, float] = field(default_factory=lambda: {"A": 0.2, "B": 0.4, "C": 0.4})
     # pre-training corpus size in documents
-    n_corpus_documents: int = 6000
+    n_corpus_documents: int = 12000
 
     def world_id(self) -> str:
         blob = json.dumps(self.__dict__, sort_keys=True)
@@ -384,7 +379,8 @@ class World:
             texts.append(f"end your answer with the word {w} . put your answer in quotes .")
         texts += SYSTEM_PROMPTS_B + _CORPUS_GLUE
         texts += [st.format(n="fox", place="forest") for steps in _STORY_STEPS for st in steps]
-        texts += ["the list is : the list has words . the first word is the last word is in reverse :"]
+        texts += ["the list is : again : the list has words . the first word is the last word is in reverse : with and",
+                  "is less than", ANSWER_MARK]
         return {w for t in texts for w in _WORD.findall(t.lower())}
 
     def translate(self, text: str, lang: str) -> str:
@@ -501,11 +497,11 @@ class World:
                 sents = [s for n in rng.sample(names, 3) for s in fact_sentences(self.facts[n])]
                 rng.shuffle(sents)
                 text = " ".join(sents)
-            elif kind == 1:  # lists, counts, orders: every output form of the tasks appears in raw text
+            elif kind == 1:  # lists: copying, order and counting (every output form of the A tasks)
                 items = rng.sample(names, rng.randint(1, 6))
-                text = (f"the list is : {_lst(items)} . the list has {len(items)} words . "
+                text = (f"the list is : {_lst(items)} . again : {_lst(items)} . the list has {len(items)} words . "
                         f"the first word is {items[0]} . the last word is {items[-1]} . "
-                        f"in reverse : {_lst(items[::-1])} .")
+                        f"in reverse : {_lst(items[::-1])} . with and : {' and '.join(items)} .")
             elif kind == 2:  # a short story (the HellaSwag-like continuation skill)
                 n = rng.choice(names)
                 steps = rng.choice(_STORY_STEPS)
@@ -513,11 +509,13 @@ class World:
             elif kind == 3:  # reasoning text with the "so the answer is" form
                 system, instr, resp = rng.choice(FAMILIES["B"])(rng, self.facts)
                 text = resp
-            elif kind == 4:  # generic glue sentences and descriptions
+            elif kind == 4:  # numbers, comparisons and sums, and glue sentences
+                a, b = rng.sample(range(1, 10), 2)
+                c = rng.randint(1, 9 - min(a, 8))
                 n = rng.choice(names)
-                f = self.facts[n]
-                text = (f"the {n} is {ARTICLE[f.category]} that is {f.colour} . "
-                        f"in the {f.place} you can find the {n} . " + rng.choice(_CORPUS_GLUE))
+                text = (f"{max(a, b)} is more than {min(a, b)} . {min(a, b)} is less than {max(a, b)} . "
+                        f"{min(a, 8)} plus {c} is {min(a, 8) + c} . the {n} is {ARTICLE[self.facts[n].category]} . "
+                        + rng.choice(_CORPUS_GLUE))
             else:  # parallel and code-switched text, and dictionary lines: the cross-lingual glue
                 other = rng.choice(self.other_languages)
                 sents = fact_sentences(self.facts[rng.choice(names)])
@@ -687,8 +685,8 @@ def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int 
 
 
 def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languages=("en",)) -> list[dict]:
-    """A quick check of task ability: exact match of greedy answers on held-out test records, per family
-    and language. (The full benchmarks are the evaluation notebooks' job.)"""
+    """A quick check of task ability: exact match of the final answer (see ``final_answer``) of greedy
+    responses on held-out test records, per family and language. (The benchmarks are notebooks 03-04.)"""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -701,7 +699,9 @@ def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languag
         for lang in languages:
             recs = world.test_set(fam, lang)
             answers = generate_answers(model, tok, recs)
-            em = [a == r["completion"][0]["content"] for a, r in zip(answers, recs)]
+            marker = world.translate(ANSWER_MARK, lang)
+            em = [final_answer(a, marker) == final_answer(r["completion"][0]["content"], marker)
+                  for a, r in zip(answers, recs)]
             rows.append({"family": fam, "language": lang, "exact_match": sum(em) / len(em), "n": len(em)})
     return rows
 
