@@ -200,6 +200,190 @@ class GridSpec(_Strict):
     phase2: list[Phase2Run]
 
 
+# --------------------------------------------------------------------------------------------- mitigation
+
+MITIGATION_STRATEGIES = ("GR", "ER", "LF_H1", "LF_H2", "LoRA", "interpolation", "reversion")
+
+
+class MitigationCell(_Strict):
+    """A Phase 2 cell of the grid that gets the mitigation strategies (one paper table)."""
+
+    phase1: str = Field(description="'Instruct' or a Phase 1 dataset key, as in grid.phase2.")
+    data: str = Field(description="The Phase 2 dataset key.")
+    models: list[str] | None = Field(default=None, description="Model names (None: every model of the grid).")
+    table: str | None = Field(default=None, description="The paper table this cell fills, e.g. '3' or 'C6'.")
+
+
+class CounterpartSpec(_Strict):
+    """Where the English counterparts of a Phase 2 set's instructions come from (replay prompts).
+
+    ``link: counterpart_id``: each Phase 2 record's ``counterpart_id`` names a record of ``dataset`` (sandbox
+    sets, mOpenOrca -> OpenOrca). ``link: sample``: no per-record link exists (MultiAlpaca was generated from
+    translated seed tasks), so the replay prompts are a seeded sample of ``dataset``'s English records.
+    """
+
+    dataset: str | DatasetSpec = Field(description="A key of 'datasets' or an inline dataset spec.")
+    link: Literal["counterpart_id", "sample"] = "counterpart_id"
+
+
+class GenerationSpec(_Strict):
+    """How the Phase 1 model answers the replay prompts (greedy decoding)."""
+
+    backend: Literal["hf", "vllm"] = Field(default="hf", description="'hf' in-process; 'vllm' for GPU runs.")
+    max_new_tokens: Annotated[int, Field(gt=0)] = 256
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    keep_truncated: bool = Field(default=False, description="Keep answers that hit max_new_tokens without EOS "
+                                 "(always counted). Only the smoke profile keeps them: its model emits no EOS.")
+    keep_degenerate: bool = Field(default=False, description="Keep answers with a word n-gram repeated too often "
+                                  "(always counted).")
+    degenerate_ngram: Annotated[int, Field(gt=0)] = 3
+    degenerate_max_repeats: Annotated[int, Field(gt=1)] = Field(
+        default=4, description="An answer is degenerate when one word n-gram occurs this many times or more.")
+
+
+class ReplaySpec(_Strict):
+    """Generative (GR_k) and English (ER_k) replay: k % of the Phase 2 set's size, added to Phase 2."""
+
+    gr_percent: list[Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=lambda: [5.0, 10.0])
+    er_percent: list[Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=lambda: [10.0])
+    counterparts: dict[str, CounterpartSpec] = Field(
+        default_factory=dict, description="Phase 2 dataset key -> where its English counterparts come from.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+
+
+class FreezingSpec(_Strict):
+    """Layer freezing in Phase 2 (LF_H1: seeded random layers; LF_H2: the layers base -> Phase 1 changed most)."""
+
+    n_layers: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Layers to freeze (paper: 10).")
+    fraction: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="Or a fraction of the model's layers (rounded, at least 1).")
+    granularity: Literal["layer", "head"] = Field(
+        default="layer", description="LF_H2: freeze whole q/k/v projections of the chosen layers, or the rows of "
+        "the most-changed heads (the same number of heads) by gradient masking.")
+    modules: list[Literal["q_proj", "k_proj", "v_proj"]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj"], description="LF_H2 ranks layers per module.")
+    measure: Literal["absolute", "relative"] = "absolute"
+    h1_scope: Literal["block", "qkv"] = Field(
+        default="block", description="LF_H1: freeze the whole decoder block, or only its q/k/v projections.")
+
+    @model_validator(mode="after")
+    def _one_count(self):
+        if (self.n_layers is None) == (self.fraction is None):
+            raise ValueError("set exactly one of n_layers and fraction")
+        return self
+
+
+class LoraSpec(_Strict):
+    """The LoRA baseline (PEFT), merged into the weights for evaluation."""
+
+    r: Annotated[int, Field(gt=0)] = 16
+    alpha: Annotated[float, Field(gt=0)] = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 2e-4
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_head(cls, v):
+        if not v:
+            raise ValueError("target_modules must not be empty")
+        if "lm_head" in v:
+            raise ValueError("TRL refuses a LoRA adapter on lm_head; leave it out of target_modules")
+        return v
+
+
+class PosthocSpec(_Strict):
+    """Post-hoc strategies on a finished Phase 2 model: interpolation and reversion (no extra training)."""
+
+    interpolation_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75], description="θ = (1-α)·θ_P1 + α·θ_P2 for each α.")
+    reversion_criterion: Literal["relative_update", "absolute_update"] = Field(
+        default="relative_update", description="Rank units by ||θ_P2-θ_P1|| / ||θ_P1|| or by ||θ_P2-θ_P1||.")
+    reversion_granularity: Literal["module", "layer"] = "module"
+    reversion_amounts: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.25], description="Share of the ranked units reset to their Phase 1 values.")
+
+
+class MitigationSpec(_Strict):
+    """Forgetting mitigations (§4 of the paper, plus post-hoc strategies): which cells, which strategies."""
+
+    cells: list[MitigationCell]
+    strategies: list[Literal["GR", "ER", "LF_H1", "LF_H2", "LoRA", "interpolation", "reversion"]] = Field(
+        default_factory=lambda: list(MITIGATION_STRATEGIES))
+    seed: int = 0
+    replay: ReplaySpec = Field(default_factory=ReplaySpec)
+    freezing: FreezingSpec = Field(default_factory=lambda: FreezingSpec(n_layers=10))
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    posthoc: PosthocSpec = Field(default_factory=PosthocSpec)
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate strategies in {v}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+class BenchmarkSpec(_Strict):
+    """One benchmark of the evaluation (a column of the paper's tables): lm-eval task(s) per language.
+
+    ``tasks`` maps a language code (``en`` for the English task-ability suite) to an lm-eval task or group
+    name. ``runner: alpaca_eval`` generates through lm-eval and then judges each output against a reference
+    system's output (cft_utils.alpaca_eval). ``metric`` is the headline metric of the tables; every other
+    metric lm-eval reports is kept in the tidy results too.
+    """
+
+    suite: Literal["ta", "la"] = Field(description="'ta' (task ability, English) or 'la' (language ability).")
+    tasks: dict[str, str] = Field(description="language -> lm-eval task or group name.")
+    metric: str = Field(description="Headline metric, e.g. prompt_level_strict_acc, acc_norm, f1, rougeL, win_rate.")
+    runner: Literal["lm_eval", "alpaca_eval"] = "lm_eval"
+    limit: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Documents per task (None: all). Part of the cache key.")
+    max_gen_toks: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Overrides the task's generation budget (None: the task's own).")
+    batch_size: Annotated[int, Field(gt=0)] | None = Field(default=None, description="None: evaluation.batch_size.")
+    chat_template: bool | None = Field(default=None, description="None: evaluation.chat_template.")
+    reference_outputs: str | None = Field(
+        default=None, description="alpaca_eval runner: file of reference outputs (instruction, output); None: the "
+        "task's own documents carry them ('reference_output').")
+
+    @model_validator(mode="after")
+    def _tasks(self):
+        if not self.tasks:
+            raise ValueError("tasks must name at least one lm-eval task")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    """Task-ability and language-ability evaluation on lm-eval (cft_utils.evaluate), zero-shot."""
+
+    backend: Literal["hf", "vllm"] = Field(default="hf", description="lm-eval model backend.")
+    parallelize: bool = Field(default=False, description="hf backend: shard the model over the GPUs (device_map).")
+    tensor_parallel_size: Annotated[int, Field(gt=0)] = Field(default=1, description="vllm backend.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    batch_size: Annotated[int, Field(gt=0)] = 16
+    chat_template: bool = Field(default=True, description="Apply the tokenizer's chat template (instruct models).")
+    num_threads: Annotated[int, Field(gt=0)] | None = Field(default=None, description="torch CPU threads.")
+    seed: int = 0
+    judge: Literal["reference", "openai", "transformers"] = Field(
+        default="reference", description="AlpacaEval judge: offline gold-answer match (sandbox), an OpenAI-compatible "
+        "endpoint from CFT_JUDGE_* variables, or a local transformers model (judge_model).")
+    judge_model: str | None = Field(default=None, description="Local judge model folder or hub id ('transformers').")
+    judge_orders: Literal["both", "random"] = "both"
+    task_dirs: list[str] = Field(
+        default_factory=list, description="Extra task folders: names under cft_utils/tasks/ or paths.")
+    sandbox_bench: bool = Field(
+        default=False, description="Generate the sandbox benchmarks from the world (cft_utils.sandbox_bench).")
+    local_data: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict, description="task -> local file (or {split: file}) instead of the hub.")
+    direction_tolerance: Annotated[float, Field(ge=0)] = Field(
+        default=0.02, description="|P2 - P1| below this counts as 'kept' in the sandbox direction check.")
+    benchmarks: dict[str, BenchmarkSpec]
+
+
 # --------------------------------------------------------------------------------------------- top level
 
 
@@ -216,6 +400,11 @@ class ExperimentConfig(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     phase2_training: TrainingSpec | None = Field(
         default=None, description="Phase 2 hyper-parameters when they differ from 'training'.")
+    mitigation: MitigationSpec | None = Field(
+        default=None, description="Forgetting mitigations on chosen Phase 2 cells (cft_utils.mitigation).")
+
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="Task- and language-ability benchmarks (cft_utils.evaluate; notebooks 03-04).")
 
     # set by load_config, not by the file
     source_file: str | None = Field(default=None, exclude=True)
@@ -246,6 +435,35 @@ class ExperimentConfig(_Strict):
             raise ValueError("sandbox: models or datasets use the sandbox but there is no 'sandbox' section")
         return self
 
+    @model_validator(mode="after")
+    def _mitigation_references(self):
+        mit = self.mitigation
+        if mit is None:
+            return self
+        grid_cells = {(r.phase1, r.data) for r in self.grid.phase2}
+        for i, c in enumerate(mit.cells):
+            if (c.phase1, c.data) not in grid_cells:
+                raise ValueError(f"mitigation.cells.{i}: {c.phase1}->{c.data} is not a Phase 2 cell of grid.phase2")
+            for m in c.models or []:
+                if m not in self.grid.models:
+                    raise ValueError(f"mitigation.cells.{i}.models: {m!r} is not in grid.models {self.grid.models}")
+        for key, cp in mit.replay.counterparts.items():
+            if key not in self.datasets:
+                raise ValueError(f"mitigation.replay.counterparts: {key!r} is not a key of datasets")
+            if isinstance(cp.dataset, str) and cp.dataset not in self.datasets:
+                raise ValueError(f"mitigation.replay.counterparts.{key}.dataset: {cp.dataset!r} is not a key of "
+                                 f"datasets (or give an inline dataset spec)")
+        if {"GR", "ER"} & set(mit.strategies):
+            missing = sorted({c.data for c in mit.cells} - set(mit.replay.counterparts))
+            if missing:
+                raise ValueError(f"mitigation.replay.counterparts: no counterpart source for Phase 2 data {missing} "
+                                 "(GR/ER need the English counterparts)")
+        if self.sandbox is not None and mit.freezing.n_layers is not None \
+                and mit.freezing.n_layers > self.sandbox.model.num_layers:
+            raise ValueError(f"mitigation.freezing.n_layers {mit.freezing.n_layers} exceeds the sandbox model's "
+                             f"{self.sandbox.model.num_layers} layers")
+        return self
+
     @property
     def phase2_hparams(self) -> TrainingSpec:
         return self.phase2_training or self.training
@@ -265,6 +483,8 @@ def _check_local_paths(cfg: ExperimentConfig, base: Path, file: Path) -> None:
         return None
 
     for key, d in cfg.datasets.items():
+        if d.source == "mopenorca":  # built by the project in a later step; load_records checks it
+            continue
         if d.path and (q := local(d.path)) is not None and not q.exists():
             raise ConfigError(f"{file}: datasets.{key}.path: no such file or folder: {q}")
     for i, m in enumerate(cfg.models):

@@ -193,6 +193,8 @@ def load_common(spec: DatasetSpec, dataset: str, base: Path) -> list[dict]:
         where = str(p)
     elif p.exists():
         where, rows = str(p), _read_rows(p)
+    elif spec.path.startswith(("/", ".", "~")):
+        raise DataError(f"{p}: no such file or folder for dataset {dataset!r} (mOpenOrca: build it first)")
     else:
         where, rows = f"{spec.path} (hub)", _hub_rows(spec.path, spec.revision)
     out = []
@@ -204,10 +206,40 @@ def load_common(spec: DatasetSpec, dataset: str, base: Path) -> list[dict]:
     return out
 
 
+def build_sandbox_mopenorca(cfg: ExperimentConfig, progress: bool = False) -> Path:
+    """Build (once) the sandbox mOpenOrca the way the paper's is built: selective translation of the English
+    originals into every other language, through ``cft_utils.translate`` with the world's exact translator.
+
+    Returns the builder's output folder (its ``dataset/`` is a ``save_to_disk`` dataset in the common schema,
+    with a quality report beside it). An interrupted build resumes.
+    """
+    from .paths import cft_home
+    from .sandbox import World, world_dir
+    from .translate import SandboxTranslator, build_translated_dataset
+
+    world = World(cfg.sandbox.world_spec())
+    out = world_dir(world.spec, cft_home()) / "mopenorca"
+    if not (out / "dataset" / "dataset_info.json").exists() or not (out / "manifest.json").exists():
+        build_translated_dataset(world.dataset("mopenorca_en"), world.other_languages,
+                                 SandboxTranslator(world.lexicon), out, shard_size=500, dataset_name="mopenorca",
+                                 progress=progress, langid=False)  # langdetect knows no constructed language
+    return out
+
+
 def load_sandbox(cfg: ExperimentConfig, spec: DatasetSpec, dataset: str) -> list[dict]:
     from .sandbox import World
 
-    return World(cfg.sandbox.world_spec()).dataset(spec.name or dataset)
+    name = spec.name or dataset
+    if name == "mopenorca":
+        from .translate import load_translated_dataset
+
+        out = build_sandbox_mopenorca(cfg)
+        recs = []
+        for i, r in enumerate(load_translated_dataset(out)):
+            r = validate_record(dict(r), f"{out}: record {i}")
+            recs.append({k: r[k] for k in SCHEMA_KEYS if k in r} | {"dataset": dataset})
+        return recs
+    return World(cfg.sandbox.world_spec()).dataset(name)
 
 
 def load_records(cfg: ExperimentConfig, key: str) -> list[dict]:

@@ -47,7 +47,7 @@ def save_table(df, stem: str | Path, caption: str = "", float_format: str = "{:.
     return paths
 
 
-def training_table(runs) -> "pd.DataFrame":  # noqa: F821
+def training_table(runs):
     """One row per run of the plan: ids, grid cell, status and the run's summary (loss, steps, runtime)."""
     import pandas as pd
 

@@ -64,6 +64,7 @@ _KATAKANA = dict(
         "ka ki ku ke ko sa si su se so ta ti tu te to na ni nu ne no ha hi hu he ho ma mi mu me mo "
         "ya yi yu ye yo ra ri ru re ro wa wi wu we wo".split(),
         "カキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤイユエヨラリルレロワヰウヱヲ",
+        strict=True,
     )
 )
 
@@ -224,7 +225,7 @@ def task_a_context(rng, facts):
     """Extractive QA over a short context of made-up statements (the MLQA/XQuAD-like skill)."""
     names = _pick(rng, facts, rng.randint(2, 3))
     colours = rng.sample(COLOURS, len(names))
-    sents = [f"the {n} is {c} ." for n, c in zip(names, colours)]
+    sents = [f"the {n} is {c} ." for n, c in zip(names, colours, strict=True)]
     k = rng.randrange(len(names))
     return (None, f"read the text and answer . text : {' '.join(sents)} question : what colour is the {names[k]} ?",
             colours[k])
@@ -454,21 +455,28 @@ class World:
         return rec
 
     def dataset(self, name: str) -> list[dict]:
-        """The sandbox analogue of a paper dataset: alpaca, multialpaca, openorca, mopenorca, instruct,
-        or their English counterparts ``multialpaca_en`` / ``mopenorca_en`` (for replay)."""
+        """The sandbox analogue of a paper dataset: alpaca, multialpaca, openorca, instruct, or the English
+        counterparts ``multialpaca_en`` / ``mopenorca_en`` (replay needs them). ``mopenorca`` is built from
+        ``mopenorca_en`` through the selective-translation builder (``cft_utils.data``)."""
         s = self.spec
         if name == "alpaca":
             return [self.render(i, "en", name) for i in self.english_instances("A", "phase1", s.n_phase1)]
         if name == "openorca":
             return [self.render(i, "en", name) for i in self.english_instances("B", "phase1", s.n_phase1)]
-        if name in ("multialpaca", "mopenorca", "multialpaca_en", "mopenorca_en"):
-            fam = "A" if name.startswith("multialpaca") else "B"
+        if name in ("multialpaca", "multialpaca_en"):
             langs = self.other_languages
-            pool = self.english_instances(fam, "phase2", s.n_phase2_per_language * len(langs))
+            pool = self.english_instances("A", "phase2", s.n_phase2_per_language * len(langs))
             if name.endswith("_en"):
                 return [self.render(i, "en", name) for i in pool]
             # Each English instance appears in exactly one language: fewer records per language, like MultiAlpaca.
             return [self.render(inst, langs[k % len(langs)], name) for k, inst in enumerate(pool)]
+        if name == "mopenorca_en":
+            # The English originals that mOpenOrca translates (every one into every other language, as the
+            # paper's mOpenOrca translates its OpenOrca subset into all eleven languages).
+            return [self.render(i, "en", name) for i in self.english_instances("B", "phase2", s.n_phase2_per_language)]
+        if name == "mopenorca":
+            raise ValueError("the sandbox mOpenOrca is built by selective translation of 'mopenorca_en' "
+                             "(cft_utils.data.build_sandbox_mopenorca), not rendered directly")
         if name == "instruct":
             out = []
             for fam, share in sorted(s.instruct_mix.items()):
@@ -586,7 +594,7 @@ def world_dir(spec: WorldSpec, home: Path) -> Path:
 
 def _all_texts(world: World) -> list[str]:
     texts = list(world.corpus())
-    for name in ("alpaca", "multialpaca", "openorca", "mopenorca", "instruct"):
+    for name in ("alpaca", "multialpaca", "openorca", "instruct"):
         for r in world.dataset(name):
             texts += [m["content"] for m in r["prompt"] + r["completion"]]
     return texts
@@ -701,7 +709,7 @@ def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languag
             answers = generate_answers(model, tok, recs)
             marker = world.translate(ANSWER_MARK, lang)
             em = [final_answer(a, marker) == final_answer(r["completion"][0]["content"], marker)
-                  for a, r in zip(answers, recs)]
+                  for a, r in zip(answers, recs, strict=True)]
             rows.append({"family": fam, "language": lang, "exact_match": sum(em) / len(em), "n": len(em)})
     return rows
 
@@ -749,9 +757,9 @@ def plot_probe(probe, stem=None, language: str = "en"):
     import matplotlib.pyplot as plt
 
     d = probe[probe.language == language]
-    cells = list(dict.fromkeys(zip(d.model, d.phase1_data, d.phase2_data)))
+    cells = list(dict.fromkeys(zip(d.model, d.phase1_data, d.phase2_data, strict=True)))
     fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.2), sharey=True, squeeze=False)
-    for ax, (m, p1, p2) in zip(axes[0], cells):
+    for ax, (m, p1, p2) in zip(axes[0], cells, strict=True):
         sub = d[(d.model == m) & (d.phase1_data == p1) & (d.phase2_data == p2)]
         fams = sorted(sub.family.unique())
         for k, ck in enumerate(("P1", "P2")):

@@ -170,7 +170,8 @@ def ensure_sandbox(cfg: ExperimentConfig) -> dict[str, Path]:
     world = World(cfg.sandbox.world_spec())
     if not (paths["world"] / "world.json").exists():
         for name in SANDBOX_DATASETS:
-            write_jsonl(paths["world"] / "data" / f"{name}.jsonl", world.dataset(name))
+            if name != "mopenorca":  # built by selective translation on first use (cft_utils.data)
+                write_jsonl(paths["world"] / "data" / f"{name}.jsonl", world.dataset(name))
         write_jsonl(paths["world"] / "data" / "corpus.jsonl", ({"text": t} for t in world.corpus()))
         write_json(paths["world"] / "lexicon.json", world.lexicon)
         write_json(paths["world"] / "facts.json", {k: v.__dict__ for k, v in world.facts.items()})
@@ -285,11 +286,14 @@ class _LossLog:
 
 
 def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, force: bool = False,
-            model_hook=None) -> Path:
+            model_hook=None, extra_records: list[dict] | None = None, peft_config=None,
+            summary_extra: dict | None = None) -> Path:
     """Train ``run`` unless it is done; resume it if interrupted. Returns the run's model folder.
 
     ``model_hook(model)`` may change the model before training (the mitigation issue freezes layers here);
-    ``callbacks`` are passed to the trainer.
+    ``callbacks`` are passed to the trainer. ``extra_records`` (common schema) are trained on together with the
+    run's dataset (replay); ``peft_config`` trains adapters (LoRA), merged into a plain safetensors model at the
+    end; ``summary_extra`` is merged into ``summary.json`` (e.g. the replay mix's make-up).
     """
     import torch
     from accelerate import PartialState
@@ -319,6 +323,13 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
         records = World(cfg.sandbox.world_spec()).dataset("instruct")
     else:
         records = load_records(cfg, run.data_key)
+    n_extra = len(extra_records or [])
+    if extra_records:
+        from .data import validate_record
+
+        for i, r in enumerate(extra_records):
+            validate_record(r, f"{run.name}: extra record {i}")
+        records = records + list(extra_records)
     init, mspec = resolve_init(run, cfg)
     if state.is_main_process:
         rdir.mkdir(parents=True, exist_ok=True)
@@ -340,10 +351,16 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
         kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
         log_path.write_text("".join(x + "\n" for x in kept))
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_hf_dataset(records), processing_class=tok,
-                         callbacks=[_LossLog(log_path), *(callbacks or [])])
+                         callbacks=[_LossLog(log_path), *(callbacks or [])], peft_config=peft_config)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(rdir / "model"))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if peft_config is not None:  # merge the adapters: evaluation and MPD read a plain model
+        model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if state.is_main_process:
+            model.save_pretrained(rdir / "model", safe_serialization=True)
+    else:
+        trainer.save_model(str(rdir / "model"))
     if state.is_main_process:
         tok.save_pretrained(rdir / "model")
         losses = [h_["loss"] for h_ in trainer.state.log_history if "loss" in h_]
@@ -354,7 +371,7 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
             "final_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
             "runtime_s": round(time.time() - t0, 2), "resumed_from": resume, "precision": prec,
             "num_processes": state.num_processes,
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "trainable_parameters": trainable, "n_extra_records": n_extra, **(summary_extra or {}),
         }
         write_json(rdir / "summary.json", summary)
         write_json(rdir / "provenance.json", provenance(seed=cfg.seed, config_file=cfg.source_file,

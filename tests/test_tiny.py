@@ -12,7 +12,7 @@ def test_chat_template_marks_assistant_tokens(tiny_tokenizer):
     out = tiny_tokenizer.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
     mask = out["assistant_masks"]
     ids = out["input_ids"]
-    assistant = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assistant = tiny_tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
     assert assistant == "hello<|end|>"
 
 
