@@ -3,6 +3,13 @@
 Serves the paper's Figures 1 and 3 (t-SNE of layer-wise mean activations), Figure 2 and C4 (layer-wise
 norms of the difference of two models' activation covariances) and, beyond the paper, linear CKA.
 
+Notebook 09 uses the upper layer of this module: :func:`drift_pairs` picks the grid's similar and dissimilar
+runs (with their Phase 1 parent and base model), :func:`profile_models` runs each model once over the prompt
+set (:class:`LayerProfile`: per-sample vectors and streaming covariances, cached under ``$CFT_HOME/geometry``),
+:func:`drift_table`, :func:`trajectory_frames`, :func:`crosslingual_frames` and :func:`mitigation_drift` build
+the tidy tables behind Figures 2, 1, 3 and C4, and :func:`drift_verdict` turns the numbers into the sentence
+on whether the dissimilar pair drifts more. The prompt sets come from :mod:`cft_utils.prompt_sets`.
+
 Conventions
 -----------
 * **Layers** are the entries of ``model(..., output_hidden_states=True).hidden_states``: index 0 is the
@@ -38,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,25 +65,36 @@ DEFAULT_PERPLEXITY = 30.0
 # --------------------------------------------------------------------------------------------------
 
 
-def load_model(model_dir: str | os.PathLike, *, device: str | None = None, dtype: Any = None):
-    """Load ``(model, tokenizer)`` from a saved directory: safetensors only, no remote code, eval mode."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(source: str | os.PathLike) -> bool:
+    """True for an ``owner/name`` hub id that is not an existing local path."""
+    return bool(_HUB_ID.match(str(source))) and not Path(source).exists()
+
+
+def load_model(model_dir: str | os.PathLike, *, device: str | None = None, dtype: Any = None,
+               revision: str | None = None):
+    """Load ``(model, tokenizer)`` from a saved directory or a hub id: safetensors only, no remote code, eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    if not any(model_dir.glob("*.safetensors")):
-        raise FileNotFoundError(
-            f"{model_dir}: no *.safetensors weights (only safetensors checkpoints are loaded)"
-        )
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+    hub = is_hub_id(model_dir)
+    if not hub:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+        if not any(model_dir.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"{model_dir}: no *.safetensors weights (only safetensors checkpoints are loaded)"
+            )
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "revision": revision}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, revision=revision)
     return model, tokenizer
 
 
@@ -739,6 +758,15 @@ def save_figure(fig, path_stem: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` as a tidy CSV (no index), atomically; floats at full precision."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
 def _new_figure(nrows: int, ncols: int, width: float, height: float):
     # An object-oriented Figure (no pyplot): renders headless with Agg and leaves a notebook's backend alone.
     from matplotlib.figure import Figure
@@ -781,8 +809,9 @@ def plot_projections(
         for c, (kind, xcol, ycol) in enumerate((("t-SNE", "tsne_x", "tsne_y"), ("PCA", "pca_x", "pca_y"))):
             ax = axes[r, c]
             for h, g in sub.groupby(hue, sort=False):
-                g = g.sort_values(layer) if layer else g
-                ax.plot(g[xcol], g[ycol], "-", color=colours[h], alpha=0.3, lw=0.8)
+                if layer:  # join a model's layers in order; points without a layer order stay unjoined
+                    g = g.sort_values(layer)
+                    ax.plot(g[xcol], g[ycol], "-", color=colours[h], alpha=0.3, lw=0.8)
                 ax.scatter(g[xcol], g[ycol], s=18, color=colours[h], label=str(h))
                 if layer and len(g):
                     for idx in {g.index[0], g.index[-1]}:
@@ -830,6 +859,8 @@ def plot_layer_norms(
     ``frame`` is tidy (``layer``, ``frobenius``/``spectral`` and the grouping columns, e.g. concatenated
     :func:`covariance_difference_norms` outputs). The y-axis label names the norm shown.
     """
+    from matplotlib.ticker import MaxNLocator
+
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     needed = {"layer", norm, hue} | ({panel} if panel else set())
@@ -846,6 +877,7 @@ def plot_layer_norms(
             g = g.sort_values("layer")
             ax.plot(g["layer"], g[norm], "o-", ms=3, color=colours[h], label=str(h))
         ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(NORM_LABELS[norm])
         if logy:
             ax.set_yscale("log")
@@ -855,3 +887,506 @@ def plot_layer_norms(
     if title:
         fig.suptitle(title)
     return fig, save_figure(fig, path_stem)
+
+
+def plot_layer_metric(
+    frame: pd.DataFrame,
+    path_stem: str | os.PathLike,
+    *,
+    value: str,
+    ylabel: str,
+    hue: str = "comparison",
+    panel: str | None = None,
+    title: str | None = None,
+):
+    """Per-layer curves of any ``value`` column (e.g. ``cka``), one line per ``hue``, one column per ``panel``."""
+    from matplotlib.ticker import MaxNLocator
+
+    needed = {"layer", value, hue} | ({panel} if panel else set())
+    missing = needed - set(frame.columns)
+    if missing:
+        raise KeyError(f"frame lacks columns {sorted(missing)}")
+    panels = list(dict.fromkeys(frame[panel])) if panel else [None]
+    fig, axes = _new_figure(1, len(panels), 5.0, 3.6)
+    colours = {h: f"C{i}" for i, h in enumerate(dict.fromkeys(frame[hue]))}
+    for c, pv in enumerate(panels):
+        ax = axes[0, c]
+        sub = frame if pv is None else frame[frame[panel] == pv]
+        for h, g in sub.groupby(hue, sort=False):
+            g = g.sort_values("layer")
+            ax.plot(g["layer"], g[value], "o-", ms=3, color=colours[h], label=str(h))
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        if pv is not None:
+            ax.set_title(str(pv), fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig, save_figure(fig, path_stem)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layer profiles: one forward pass per model gives per-sample vectors (CKA, means) and covariances
+# --------------------------------------------------------------------------------------------------
+
+
+class LayerProfile:
+    """One model's view of a prompt set: per-sample vectors ``[n_layers, n, hidden]`` and per-layer covariances.
+
+    ``activations`` and ``covariances`` are read-only memory maps when the profile was cached on disk.
+    """
+
+    def __init__(self, source: str, layers: list[int], activations: np.ndarray,
+                 covariances: list[np.ndarray], meta: dict):
+        self.source, self.layers, self.activations, self.covariances, self.meta = (
+            source, layers, activations, covariances, meta)
+
+    @property
+    def means(self) -> np.ndarray:
+        """Mean sample vector of each layer, float64 ``[n_layers, hidden]`` (the points of Figure 1)."""
+        return np.asarray(self.activations, dtype=np.float64).mean(axis=1)
+
+    def __repr__(self) -> str:
+        shape = tuple(self.activations.shape)
+        return f"LayerProfile({self.source!r}, layers={self.layers}, activations={shape})"
+
+
+def _source_id(model) -> str | None:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model) if is_hub_id(model) else str(Path(model).resolve())
+    return None
+
+
+def _profile_signature(model_id: str, prompts, kwargs: Mapping[str, Any], dtype: Any) -> dict:
+    return {
+        "model": model_id,
+        "n_samples": len(prompts),
+        "prompts_sha256": _prompts_digest(prompts),
+        "position": kwargs.get("position", "mean"),
+        "requested_layers": None if kwargs.get("layers") is None else [int(x) for x in kwargs["layers"]],
+        "chat": kwargs.get("chat"),
+        "add_generation_prompt": kwargs.get("add_generation_prompt", True),
+        "max_length": kwargs.get("max_length"),
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+    }
+
+
+def load_layer_profile(out_dir: str | os.PathLike) -> LayerProfile:
+    """A cached :class:`LayerProfile` (memory-mapped) from ``out_dir``; FileNotFoundError if incomplete."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "meta.json").exists():
+        raise FileNotFoundError(f"{out_dir}: no meta.json, so no complete layer profile")
+    meta = read_json(out_dir / "meta.json")
+    acts = np.load(out_dir / "activations.npy", mmap_mode="r")
+    covs = [np.load(_layer_file(out_dir, layer), mmap_mode="r") for layer in meta["layers"]]
+    return LayerProfile(meta["model"], list(meta["layers"]), acts, covs, meta)
+
+
+def layer_profile(
+    model,
+    tokenizer,
+    prompts,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    buffer_size: int = 512,
+    **kwargs,
+) -> LayerProfile:
+    """Per-sample vectors and streaming covariances of every selected layer, from one pass over the prompts.
+
+    ``model`` is a loaded model or a saved directory / hub id. With ``out_dir`` the result is cached there
+    (``activations.npy``, one ``cov_layerNNN.npy`` per layer, ``meta.json`` written last) and reused, without
+    loading the model, when the model, prompts and settings match. Per-sample vectors are kept because CKA
+    needs them (n_prompts x n_layers x hidden float32: 43 MB for 80 prompts, 33 layers, hidden 4096); the
+    covariances never need every activation (see :class:`CovarianceAccumulator`). Other keyword arguments as
+    in :func:`iter_activation_batches`.
+    """
+    out_path = Path(out_dir) if out_dir is not None else None
+    dtype = kwargs.pop("dtype", None)
+    model_id = _source_id(model)
+    if out_path is not None and model_id is not None and not overwrite and (out_path / "meta.json").exists():
+        cached = load_layer_profile(out_path)
+        if all(cached.meta.get(k) == v for k, v in _profile_signature(model_id, prompts, kwargs, dtype).items()):
+            return cached
+    model, tokenizer, resolved_id = _resolve_model(model, tokenizer, kwargs.get("device"), dtype)
+    signature = _profile_signature(model_id or resolved_id, prompts, kwargs, dtype)
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten
+    accs: list[CovarianceAccumulator] = []
+    acts: np.ndarray | None = None
+    layers: list[int] = []
+    filled = 0
+    for layers, arr in _activation_batches(model, tokenizer, prompts, **kwargs):
+        if acts is None:
+            shape = (arr.shape[0], len(prompts), arr.shape[-1])
+            acts = (np.zeros(shape, dtype=np.float32) if out_path is None else np.lib.format.open_memmap(
+                out_path / ".activations.npy.partial", mode="w+", dtype=np.float32, shape=shape))
+            accs = [CovarianceAccumulator(
+                shape[-1], buffer_size=buffer_size,
+                path=None if out_path is None else out_path / f".{_layer_file(out_path, layer).name}.partial")
+                for layer in layers]
+        acts[:, filled:filled + arr.shape[1]] = arr
+        filled += arr.shape[1]
+        for acc, x in zip(accs, arr, strict=True):
+            acc.update(x)
+    assert acts is not None and filled == len(prompts)
+    if out_path is None:
+        covs = [acc.covariance(inplace=True) for acc in accs]
+        return LayerProfile(signature["model"], layers, acts, covs,
+                            {**signature, "layers": layers, "hidden": acts.shape[-1]})
+    for layer, acc in zip(layers, accs, strict=True):
+        acc.covariance(inplace=True)
+        partial = acc.path
+        del acc.outer  # close the memmap before renaming it into place
+        os.replace(partial, _layer_file(out_path, layer))
+    acts.flush()
+    del acts
+    os.replace(out_path / ".activations.npy.partial", out_path / "activations.npy")
+    write_json(out_path / "meta.json", {**signature, "layers": layers, "hidden": accs[0].hidden})
+    return load_layer_profile(out_path)
+
+
+def _slug(source: str) -> str:
+    parts = Path(source).parts[-2:] if not is_hub_id(source) else source.split("/")
+    return re.sub(r"[^\w.-]+", "-", "--".join(parts))[:80]
+
+
+def profile_models(
+    sources: Sequence[str | os.PathLike],
+    prompts,
+    *,
+    cache_root: str | os.PathLike | None = None,
+    profiles: dict[str, LayerProfile] | None = None,
+    dtype: Any = "float32",
+    **kwargs,
+) -> dict[str, LayerProfile]:
+    """:func:`layer_profile` of each distinct source (directory or hub id), one model in memory at a time.
+
+    Returns (and fills, when given) ``profiles`` keyed by ``str(source)``; a source already there is not
+    recomputed. With ``cache_root`` each profile is cached in ``<cache_root>/<slug>-<hash>/`` so that Figure 2,
+    Figure C4 and a rerun of the notebook share forward passes. ``dtype`` defaults to float32 (see the module
+    notes on bfloat16 and padding). Other keyword arguments as in :func:`iter_activation_batches`.
+    """
+    import gc
+
+    out = profiles if profiles is not None else {}
+    for src in dict.fromkeys(str(s) for s in sources):
+        if src in out:
+            continue
+        out_dir = None
+        if cache_root is not None:
+            sig = _profile_signature(_source_id(src), prompts, kwargs, dtype)
+            digest = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
+            out_dir = Path(cache_root) / f"{_slug(src)}-{digest}"
+        out[src] = layer_profile(src, None, prompts, out_dir=out_dir, dtype=dtype, **{"desc": _slug(src), **kwargs})
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+    return out
+
+
+def compare_profiles(a: LayerProfile, b: LayerProfile) -> pd.DataFrame:
+    """Per layer: ``frobenius``, ``spectral`` (of Sigma_a - Sigma_b), linear ``cka`` and layer-mean shifts."""
+    if a.layers != b.layers:
+        raise ValueError(f"profiles of different layers: {a.layers} ({a.source}) vs {b.layers} ({b.source})")
+    if a.activations.shape[:2] != b.activations.shape[:2] or a.meta.get("prompts_sha256") != b.meta.get(
+            "prompts_sha256"):
+        raise ValueError(f"profiles of different prompt sets: {a.source} and {b.source}")
+    norms = covariance_difference_norms(a.covariances, b.covariances, layers=a.layers)
+    cka = layerwise_cka(a.activations, b.activations, layers=a.layers)
+    shift = paired_layer_distances(a.means, b.means, layers=a.layers)
+    return norms.merge(cka, on="layer").merge(shift, on="layer")
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid's runs: which models are compared (Figures 1, 2, C4)
+# --------------------------------------------------------------------------------------------------
+
+# (Phase 1 data, Phase 2 data) of the paper's similar and dissimilar pairs.
+DRIFT_PAIRS = {"similar": ("alpaca", "multialpaca"), "dissimilar": ("Instruct", "multialpaca")}
+MITIGATION_STRATEGIES = ("LF_H2", "GR_5", "GR_10")
+
+
+class DriftPair:
+    """A Phase 2 run of the grid with its Phase 1 parent and base model (``phase1``/``phase2`` are RunPlans)."""
+
+    def __init__(self, model: str, pair: str, base: str, phase1, phase2):
+        self.model, self.pair, self.base, self.phase1, self.phase2 = model, pair, base, phase1, phase2
+
+    @property
+    def label(self) -> str:
+        """``"alpaca → multialpaca"``."""
+        return f"{self.phase2.phase1_data} → {self.phase2.phase2_data}"
+
+    def sources(self) -> dict[str, str]:
+        """Model directories (or hub ids) of ``base``, ``P1`` and ``P2``."""
+        return {"base": self.base, "P1": str(self.phase1.model_dir), "P2": str(self.phase2.model_dir)}
+
+    def __repr__(self) -> str:
+        return f"DriftPair({self.model!r}, {self.pair!r}, {self.label!r})"
+
+
+def base_model_source(cfg, model_name: str) -> str:
+    """The base model of ``model_name``: the sandbox's pre-trained model folder, or the hub id / folder."""
+    spec = next((m for m in cfg.models if m.name == model_name), None)
+    if spec is None:
+        raise KeyError(f"no model named {model_name!r} in the profile (have {[m.name for m in cfg.models]})")
+    if spec.base == "sandbox":
+        from .train import sandbox_paths
+
+        return str(sandbox_paths(cfg)["base"])
+    return spec.base
+
+
+def _find_phase2(plan, model: str, phase1: str, phase2: str):
+    for r in plan.phase2:
+        if r.model == model and r.phase1_data == phase1 and r.phase2_data == phase2:
+            return r
+    cells = sorted({f"{r.phase1_data}->{r.phase2_data}" for r in plan.phase2 if r.model == model})
+    raise KeyError(f"the grid has no Phase 2 run {phase1}->{phase2} for model {model!r} (it has {cells})")
+
+
+def drift_pairs(cfg, plan, pairs: Mapping[str, tuple[str, str]] = DRIFT_PAIRS) -> list[DriftPair]:
+    """For each model of the grid and each named (Phase 1, Phase 2) pair: the runs to compare."""
+    out = []
+    for model in cfg.grid.models:
+        base = base_model_source(cfg, model)
+        for name, (p1, p2) in pairs.items():
+            run = _find_phase2(plan, model, p1, p2)
+            out.append(DriftPair(model, name, base, run.extra["parent"], run))
+    return out
+
+
+def _norm_strategy(s: Any) -> str:
+    return re.sub(r"[^A-Z0-9]", "", str(s).upper())
+
+
+def find_strategy_runs(cfg, baseline, strategies: Sequence[str] = MITIGATION_STRATEGIES,
+                       home: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Finished Phase 2 runs that continue ``baseline``'s Phase 1 model on its data with one of ``strategies``.
+
+    Looks first at ``train.plan_runs(cfg, strategy=s)``, then at every ``$CFT_HOME/runs/*/run.json`` whose resolved
+    configuration has the baseline's parent and data and that strategy (names compared without case and
+    punctuation: ``GR_5`` = ``gr5``), so runs whose id also hashes strategy parameters are found too. Only runs
+    with a ``DONE`` marker and safetensors weights count. Returns ``{strategy: model folder}`` in ``strategies`` order.
+    """
+    from .paths import cft_home
+    from .train import plan_runs
+
+    def usable(d: Path) -> bool:
+        return (d.parent / "DONE").exists() and any(d.glob("*.safetensors"))
+
+    found: dict[str, Path] = {}
+    for s in strategies:
+        try:
+            run = _find_phase2(plan_runs(cfg, strategy=s), baseline.model, baseline.phase1_data,
+                               baseline.phase2_data)
+        except (KeyError, ValueError):
+            continue
+        if run.done() and usable(run.model_dir):
+            found[s] = run.model_dir
+    wanted = {_norm_strategy(s): s for s in strategies if s not in found}
+    runs_dir = Path(home or cft_home()) / "runs"
+    for rj in sorted(runs_dir.glob("*/run.json")) if wanted else []:
+        try:
+            res = read_json(rj).get("resolved", {})
+        except (OSError, ValueError):
+            continue
+        s = wanted.get(_norm_strategy(res.get("strategy", "")))
+        if (s is not None and s not in found and res.get("phase") == 2
+                and res.get("parent") == baseline.resolved.get("parent")
+                and res.get("data") == baseline.resolved.get("data") and usable(rj.parent / "model")):
+            found[s] = rj.parent / "model"
+    return {s: found[s] for s in strategies if s in found}
+
+
+def mitigation_runs(cfg, plan, model: str, *, strategies: Sequence[str] = MITIGATION_STRATEGIES,
+                    baseline: tuple[str, str] = DRIFT_PAIRS["dissimilar"]) -> list[tuple[str, Path]]:
+    """``(label, model folder)`` of the baseline Phase 2 run and of each finished mitigation run (Figure C4)."""
+    run = _find_phase2(plan, model, *baseline)
+    entries = [(f"{baseline[0]} → {baseline[1]} (no mitigation)", Path(run.model_dir))]
+    for s, d in find_strategy_runs(cfg, run, strategies).items():
+        entries.append((s, d))
+    return entries
+
+
+def mitigation_references(cfg, plan, model: str,
+                          baseline: tuple[str, str] = DRIFT_PAIRS["dissimilar"]) -> dict[str, str]:
+    """The models the mitigation runs are compared with: ``{"P1": Phase 1 model, "base": base model}``."""
+    run = _find_phase2(plan, model, *baseline)
+    return {"P1": str(run.extra["parent"].model_dir), "base": base_model_source(cfg, model)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparison tables
+# --------------------------------------------------------------------------------------------------
+
+LAYER_COLUMNS = ["model", "pair", "label", "run", "comparison", "layer", "frobenius", "spectral", "cka",
+                 "euclidean", "relative", "cosine_distance"]
+
+
+def drift_table(pairs: Sequence[DriftPair], profiles: Mapping[str, LayerProfile]) -> pd.DataFrame:
+    """Tidy per-layer table of Figure 2: P2 vs P1 and P2 vs base for each pair (columns ``LAYER_COLUMNS``)."""
+    parts = []
+    for p in pairs:
+        src = p.sources()
+        for ref in ("P1", "base"):
+            df = compare_profiles(profiles[src["P2"]], profiles[src[ref]])
+            parts.append(df.assign(model=p.model, pair=p.pair, label=p.label, run=p.phase2.name,
+                                   comparison=f"P2 vs {ref}"))
+    return pd.concat(parts, ignore_index=True)[LAYER_COLUMNS]
+
+
+def mitigation_drift(entries: Sequence[tuple[str, str | os.PathLike]], references: Mapping[str, str | os.PathLike],
+                     prompts, *, model: str = "", cache_root: str | os.PathLike | None = None,
+                     profiles: dict[str, LayerProfile] | None = None, **kwargs) -> pd.DataFrame:
+    """Per-layer drift of each ``(label, model folder)`` entry against each reference (Figure C4).
+
+    ``references`` maps a name to a model (e.g. ``{"P1": ..., "base": ...}``); rows get
+    ``comparison = "P2 vs <name>"`` and ``run = label``. Profiles are computed (or reused from ``profiles`` and
+    ``cache_root``) one model at a time. Columns ``LAYER_COLUMNS``.
+    """
+    if not entries:
+        raise ValueError("no runs to compare")
+    sources = [*references.values(), *(d for _, d in entries)]
+    profiles = profile_models(sources, prompts, cache_root=cache_root, profiles=profiles, **kwargs)
+    parts = []
+    for label, d in entries:
+        for name, ref in references.items():
+            df = compare_profiles(profiles[str(d)], profiles[str(ref)])
+            parts.append(df.assign(model=model, pair="mitigation", label=label, run=label,
+                                   comparison=f"P2 vs {name}"))
+    return pd.concat(parts, ignore_index=True)[LAYER_COLUMNS]
+
+
+def trajectory_frames(pairs: Sequence[DriftPair], profiles: Mapping[str, LayerProfile], *,
+                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Figure 1: t-SNE/PCA of the Phase 1 and Phase 2 layer-mean vectors per pair, and their separation.
+
+    Returns ``(projection frame, separation table)``. The table has, per pair, ``separation`` (centroid distance
+    over pooled spread, :func:`separation_score`, of the two models' layer-mean vectors in the original space, i.e.
+    the points the t-SNE is run on), ``separation_pca`` (the same on the 2-D PCA coordinates) and the mean and
+    maximum over layers of the relative shift of the same layer's mean (:func:`paired_layer_distances`).
+    """
+    frames, rows = [], []
+    for p in pairs:
+        src = p.sources()
+        a, b = profiles[src["P1"]], profiles[src["P2"]]
+        m1, m2 = a.means, b.means
+        labels = ["Phase 1"] * len(m1) + ["Phase 2"] * len(m2)
+        points = np.vstack([m1, m2])
+        panel = f"{p.model} · {p.pair}: {p.label}"
+        frame = project_points(points, {"checkpoint": labels, "layer": a.layers + b.layers}, seed=seed)
+        frames.append(frame.assign(model=p.model, pair=p.pair, label=p.label, panel=panel))
+        shift = paired_layer_distances(m1, m2, layers=a.layers)
+        rows.append({"model": p.model, "pair": p.pair, "label": p.label, "run": p.phase2.name, "panel": panel,
+                     "n_layers": len(m1), "separation": separation_score(points, labels),
+                     "separation_pca": separation_score(frame[["pca_x", "pca_y"]].to_numpy(), labels),
+                     "mean_relative_shift": float(shift["relative"].mean()),
+                     "max_relative_shift": float(shift["relative"].max())})
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(rows)
+
+
+def crosslingual_frames(sources: Mapping[str, str | os.PathLike], records: Sequence[dict], *,
+                        layer: int | None = None, english: str = "en", seed: int = 0, dtype: Any = "float32",
+                        **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Figure 3: per-sample vectors of parallel sentences for each model, projected at one layer.
+
+    ``sources`` maps a model name to its folder / hub id; ``records`` carry ``language``. ``layer`` is a hidden-state
+    index (default: the middle one, ``n_hidden // 2``). Returns ``(projection frame at that layer, table)``; the
+    table has, for every layer, the separation of the English sentences from all others (``separation_en_vs_rest``)
+    and the smallest separation of English from any single language (``min_separation_en_vs_language``).
+    """
+    langs = np.array([r["language"] for r in records])
+    if english not in langs or len(set(langs)) < 2:
+        raise ValueError(f"need {english!r} and at least one other language, got {sorted(set(langs))}")
+    others = [x for x in dict.fromkeys(langs.tolist()) if x != english]
+    frames, rows = [], []
+    for name, src in sources.items():
+        acts = capture_activations(src, None, records, dtype=dtype, **kwargs)
+        n_hidden = acts.shape[0]
+        chosen = (n_hidden // 2 if layer is None else int(layer)) % n_hidden
+        en_or_rest = np.where(langs == english, english, "other")
+        for idx in range(n_hidden):
+            x = acts[idx].astype(np.float64)
+            pairwise = [separation_score(x[(langs == english) | (langs == o)],
+                                         langs[(langs == english) | (langs == o)]) for o in others]
+            rows.append({"model": name, "layer": idx, "n_sentences": len(records), "n_languages": len(others) + 1,
+                         "separation_en_vs_rest": separation_score(x, en_or_rest),
+                         "min_separation_en_vs_language": float(np.nanmin(pairwise)) if not np.all(
+                             np.isnan(pairwise)) else float("nan"),
+                         "shown": idx == chosen})
+        frame = project_points(acts[chosen], {"language": langs, "id": [r.get("id") for r in records]}, seed=seed)
+        frames.append(frame.assign(model=name, layer=chosen))
+        del acts
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sandbox's question: does the dissimilar pair drift more than the similar pair?
+# --------------------------------------------------------------------------------------------------
+
+
+def drift_summary(separation: pd.DataFrame, drift: pd.DataFrame, comparison: str = "P2 vs P1") -> pd.DataFrame:
+    """One row per (model, pair): Figure 1 separation and the layer-averaged norms and 1 - CKA of ``comparison``."""
+    d = drift[drift["comparison"] == comparison].assign(one_minus_cka=lambda f: 1 - f["cka"])
+    agg = (d.groupby(["model", "pair", "label"], sort=False)
+           .agg(mean_spectral=("spectral", "mean"), mean_frobenius=("frobenius", "mean"),
+                max_spectral=("spectral", "max"), mean_one_minus_cka=("one_minus_cka", "mean"))
+           .reset_index())
+    return separation[["model", "pair", "separation", "mean_relative_shift"]].merge(
+        agg, on=["model", "pair"], how="outer")
+
+
+_VERDICT_MEASURES = (
+    ("separation", "separation of the Phase 1 / Phase 2 layer means (Figure 1)"),
+    ("mean_spectral", "mean spectral norm of Σ_P2 − Σ_P1 over layers (Figure 2)"),
+    ("mean_frobenius", "mean Frobenius norm of Σ_P2 − Σ_P1 over layers"),
+    ("mean_one_minus_cka", "mean 1 − CKA(P1, P2) over layers"),
+)
+
+
+def drift_verdict(summary: pd.DataFrame, similar: str = "similar", dissimilar: str = "dissimilar") -> list[str]:
+    """Sentences, one per model, stating from the numbers whether the dissimilar pair drifts more than the similar.
+
+    ``summary`` is a :func:`drift_summary` frame. A measure that is NaN for either pair is left out and said so.
+    """
+    out = []
+    for model, g in summary.groupby("model", sort=False):
+        rows = {r["pair"]: r for _, r in g.iterrows()}
+        if similar not in rows or dissimilar not in rows:
+            out.append(f"{model}: no comparison (need both the {similar!r} and the {dissimilar!r} pair).")
+            continue
+        s, d = rows[similar], rows[dissimilar]
+        parts, more, used, skipped = [], 0, 0, []
+        for key, text in _VERDICT_MEASURES:
+            a, b = float(d[key]), float(s[key])
+            if not (np.isfinite(a) and np.isfinite(b)):
+                skipped.append(text)
+                continue
+            used += 1
+            more += a > b
+            ratio = f" ({a / b:.2g}×)" if b > 0 else ""
+            parts.append(f"{text}: {a:.3g} vs {b:.3g}{ratio}")
+        if used == 0:
+            out.append(f"{model}: no measure could be computed.")
+            continue
+        if more == used:
+            verdict, tail = "drifts more than", "as the paper reports"
+        elif more == 0:
+            verdict, tail = "drifts less than", "the opposite of what the paper reports"
+        else:
+            verdict, tail = "does not clearly drift more than", "a mixed result, not a clear reproduction of the paper"
+        sentence = (f"{model}: the dissimilar pair ({d['label']}) {verdict} the similar pair ({s['label']}), larger on "
+                    f"{more} of {used} measures, {tail} — " + "; ".join(parts) + " (dissimilar vs similar).")
+        if skipped:
+            sentence += f" Not computable: {', '.join(skipped)}."
+        out.append(sentence)
+    return out
