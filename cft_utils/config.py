@@ -55,14 +55,14 @@ class SandboxModelSpec(_Strict):
     """Architecture and pre-training of the sandbox base LM (see cft_utils.sandbox.BaseModelSpec)."""
 
     arch: Literal["llama", "mistral", "qwen2"] = "llama"
-    hidden_size: Annotated[int, Field(gt=0)] = 192
-    num_layers: Annotated[int, Field(gt=0)] = 6
-    num_heads: Annotated[int, Field(gt=0)] = 6
+    hidden_size: Annotated[int, Field(gt=0)] = 128
+    num_layers: Annotated[int, Field(gt=0)] = 4
+    num_heads: Annotated[int, Field(gt=0)] = 4
     intermediate_size: Annotated[int, Field(gt=0)] = 512
     vocab_size: Annotated[int, Field(ge=300)] = 2048
     block_size: Annotated[int, Field(gt=8)] = 128
     batch_size: Annotated[int, Field(gt=0)] = 16
-    epochs: Annotated[float, Field(gt=0)] = 2.0
+    epochs: Annotated[float, Field(gt=0)] = 3.0
     learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-3
     warmup_steps: Annotated[int, Field(ge=0)] = 30
 
@@ -79,13 +79,15 @@ class SandboxSpec(_Strict):
     seed: int = 1234
     languages: list[str] = Field(default_factory=lambda: ["en", "qaa", "qab", "qac", "qad", "qae"])
     constraint_rate: Annotated[float, Field(ge=0, le=1)] = 0.15
-    n_phase1: Annotated[int, Field(gt=0)] = 1200
+    n_phase1: Annotated[int, Field(gt=0)] = 2400
     n_phase2_per_language: Annotated[int, Field(gt=0)] = 240
-    n_instruct: Annotated[int, Field(gt=0)] = 1600
+    n_instruct: Annotated[int, Field(gt=0)] = 2400
     n_test_per_language: Annotated[int, Field(gt=0)] = 60
     instruct_mix: dict[Literal["A", "B", "C"], Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"A": 0.2, "B": 0.4, "C": 0.4})
-    n_corpus_documents: Annotated[int, Field(gt=0)] = 6000
+    n_corpus_documents: Annotated[int, Field(gt=0)] = 8000
+    shared_concept_names: bool = Field(
+        default=True, description="Names of the world's things are the same in every language (like proper nouns).")
     model: SandboxModelSpec = Field(default_factory=SandboxModelSpec)
 
     @field_validator("languages")
@@ -374,7 +376,8 @@ class EvaluationSpec(_Strict):
     judge_model: str | None = Field(default=None, description="Local judge model folder or hub id ('transformers').")
     judge_orders: Literal["both", "random"] = "both"
     task_dirs: list[str] = Field(
-        default_factory=list, description="Extra task folders: names under cft_utils/tasks/ or paths.")
+        default_factory=list, description="Extra task folders: names under cft_utils/tasks/, paths, or "
+        "'lm_eval:<folder>' (a built-in lm-eval task folder, to point its tasks at local_data files).")
     sandbox_bench: bool = Field(
         default=False, description="Generate the sandbox benchmarks from the world (cft_utils.sandbox_bench).")
     local_data: dict[str, str | dict[str, str]] = Field(

@@ -234,10 +234,17 @@ def load_sandbox(cfg: ExperimentConfig, spec: DatasetSpec, dataset: str) -> list
         from .translate import load_translated_dataset
 
         out = build_sandbox_mopenorca(cfg)
+        world = World(cfg.sandbox.world_spec())
+        # The builder translates every original into every language (as the paper's mOpenOrca does); the
+        # sandbox keeps each original in one language, round robin, so that mOpenOrca has as many records
+        # per language as MultiAlpaca and no parallel copies (which a tiny model memorises).
+        langs = world.other_languages
+        order = {r["id"]: k for k, r in enumerate(world.dataset("mopenorca_en"))}
         recs = []
         for i, r in enumerate(load_translated_dataset(out)):
             r = validate_record(dict(r), f"{out}: record {i}")
-            recs.append({k: r[k] for k in SCHEMA_KEYS if k in r} | {"dataset": dataset})
+            if langs[order[r["counterpart_id"]] % len(langs)] == r["language"]:
+                recs.append({k: r[k] for k in SCHEMA_KEYS if k in r} | {"dataset": dataset})
         return recs
     return World(cfg.sandbox.world_spec()).dataset(name)
 

@@ -23,6 +23,13 @@ from .paths import NOTEBOOKS_DIR, PROJECT_ROOT
 NOTEBOOKS = [
     "01_phase1_sft.ipynb",
     "02_phase2_sft.ipynb",
+    "03_task_ability.ipynb",
+    "04_language_ability.ipynb",
+    "05_dataset_similarity.ipynb",
+    "06_parameter_difference.ipynb",
+    "07_generative_replay.ipynb",
+    "08_layer_freezing.ipynb",
+    "09_representation_geometry.ipynb",
 ]
 
 

@@ -4,7 +4,8 @@ Design (why it looks like this)
 -------------------------------
 * **Languages.** English plus constructed languages (ISO 639 private-use codes ``qaa``...``qae``), each a
   *relexification* of the world's closed English vocabulary: every English word has one generated word per
-  language, in its own script (Latin, Latin with diacritics, Cyrillic, Greek, Katakana). Relexification gives
+  language, in its own script (Latin, Latin with diacritics, Cyrillic, Greek, Katakana), except the names of
+  the world's things, which all languages share like proper nouns (``shared_concept_names``). Relexification gives
   exact parallel text and an exact word-by-word translator (the sandbox backend of the mOpenOrca builder),
   while the scripts make the tokenizer treat the languages as really different. Real languages would need
   hand-made lexicons and grammars and would still not be parallel.
@@ -40,6 +41,9 @@ from pathlib import Path
 # ----------------------------------------------------------------------------------------------------------
 # Languages and lexicon
 # ----------------------------------------------------------------------------------------------------------
+
+# Bump when a generator changes what a WorldSpec produces (it is part of the world id, hence of every cache key).
+WORLD_VERSION = 3
 
 # Constructed languages: syllable inventories and a script. ISO 639-2 reserves qaa-qtz for local use.
 LANGUAGE_INVENTORY: dict[str, dict] = {
@@ -82,9 +86,16 @@ def _transliterate(syllables: list[tuple[str, str]], script: str) -> str:
     return "".join(out)
 
 
-def make_lexicon(english_words: Iterable[str], languages: list[str], seed: int) -> dict[str, dict[str, str]]:
-    """One generated word per (English word, language), unique within each language, seeded."""
-    words = sorted(set(english_words))
+def make_lexicon(english_words: Iterable[str], languages: list[str], seed: int,
+                 shared: Iterable[str] = ()) -> dict[str, dict[str, str]]:
+    """One generated word per (English word, language), unique within each language, seeded.
+
+    Words in ``shared`` (the world's concept names) are the same in every language, like proper nouns,
+    numbers and international words in real languages: they are what lets a task learnt in one language
+    produce the same answer tokens in another.
+    """
+    shared = set(shared)
+    words = sorted(set(english_words) - shared)
     lexicon: dict[str, dict[str, str]] = {}
     for lang in languages:
         if lang == "en":
@@ -106,6 +117,7 @@ def make_lexicon(english_words: Iterable[str], languages: list[str], seed: int) 
                     break
             used.add(cand)
             table[w] = cand
+        table.update({w: w for w in shared})
         lexicon[lang] = table
     return lexicon
 
@@ -340,16 +352,19 @@ class WorldSpec:
     languages: list[str] = field(default_factory=lambda: ["en", "qaa", "qab", "qac", "qad", "qae"])
     constraint_rate: float = 0.15
     # records per split (English originals; multilingual sets hold this many per language)
-    n_phase1: int = 1200
+    n_phase1: int = 2400
     n_phase2_per_language: int = 240
-    n_instruct: int = 1600
+    n_instruct: int = 2400
     n_test_per_language: int = 60
     instruct_mix: dict[str, float] = field(default_factory=lambda: {"A": 0.2, "B": 0.4, "C": 0.4})
     # pre-training corpus size in documents
-    n_corpus_documents: int = 12000
+    n_corpus_documents: int = 8000
+    # concept names are shared by all languages (like proper nouns); function words are translated
+    shared_concept_names: bool = True
 
     def world_id(self) -> str:
-        blob = json.dumps(self.__dict__, sort_keys=True)
+        # WORLD_VERSION changes whenever the generators change, so caches built by older code are not reused.
+        blob = json.dumps({"version": WORLD_VERSION, **self.__dict__}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -359,7 +374,8 @@ class World:
     def __init__(self, spec: WorldSpec):
         self.spec = spec
         self.facts = make_facts(spec.seed)
-        self.lexicon = make_lexicon(self._english_vocabulary(), spec.languages, spec.seed)
+        self.lexicon = make_lexicon(self._english_vocabulary(), spec.languages, spec.seed,
+                                    shared=self.facts if spec.shared_concept_names else ())
         self._instances: dict[tuple[str, str], list[dict]] = {}
 
     @property
@@ -379,10 +395,21 @@ class World:
         for w in END_WORDS:
             texts.append(f"end your answer with the word {w} . put your answer in quotes .")
         texts += SYSTEM_PROMPTS_B + _CORPUS_GLUE
-        texts += [st.format(n="fox", place="forest") for steps in _STORY_STEPS for st in steps]
+        texts += [st.format(n="fox", place="forest") for steps in STORY_STEPS for st in steps]
         texts += ["the list is : again : the list has words . the first word is the last word is in reverse : with and",
                   "is less than", ANSWER_MARK]
         return {w for t in texts for w in _WORD.findall(t.lower())}
+
+    @property
+    def _english_words(self) -> set[str]:
+        if not hasattr(self, "_en_words"):
+            self._en_words = set(next(iter(self.lexicon.values()), {}))
+        return self._en_words
+
+    def _lexicon_words(self, lang: str) -> set[str]:
+        if not hasattr(self, "_lang_words"):
+            self._lang_words = {k: set(v.values()) for k, v in self.lexicon.items()}
+        return self._lang_words[lang]
 
     def translate(self, text: str, lang: str) -> str:
         """Exact word-by-word translation of world English into ``lang``."""
@@ -471,9 +498,10 @@ class World:
             # Each English instance appears in exactly one language: fewer records per language, like MultiAlpaca.
             return [self.render(inst, langs[k % len(langs)], name) for k, inst in enumerate(pool)]
         if name == "mopenorca_en":
-            # The English originals that mOpenOrca translates (every one into every other language, as the
-            # paper's mOpenOrca translates its OpenOrca subset into all eleven languages).
-            return [self.render(i, "en", name) for i in self.english_instances("B", "phase2", s.n_phase2_per_language)]
+            # The English originals that the sandbox mOpenOrca translates (each kept in one language).
+            langs = self.other_languages
+            return [self.render(i, "en", name)
+                    for i in self.english_instances("B", "phase2", s.n_phase2_per_language * len(langs))]
         if name == "mopenorca":
             raise ValueError("the sandbox mOpenOrca is built by selective translation of 'mopenorca_en' "
                              "(cft_utils.data.build_sandbox_mopenorca), not rendered directly")
@@ -500,7 +528,8 @@ class World:
         docs = []
         for d in range(self.spec.n_corpus_documents):
             kind = d % 6
-            lang = langs[d % len(langs)] if kind != 5 else None
+            # every kind of document in every language (kind and language must not be correlated)
+            lang = langs[(d // 6) % len(langs)] if kind != 5 else None
             if kind == 0:  # facts about a few things
                 sents = [s for n in rng.sample(names, 3) for s in fact_sentences(self.facts[n])]
                 rng.shuffle(sents)
@@ -512,7 +541,7 @@ class World:
                         f"in reverse : {_lst(items[::-1])} . with and : {' and '.join(items)} .")
             elif kind == 2:  # a short story (the HellaSwag-like continuation skill)
                 n = rng.choice(names)
-                steps = rng.choice(_STORY_STEPS)
+                steps = rng.choice(STORY_STEPS)
                 text = " ".join(s.format(n=n, place=self.facts[n].place) for s in steps)
             elif kind == 3:  # reasoning text with the "so the answer is" form
                 system, instr, resp = rng.choice(FAMILIES["B"])(rng, self.facts)
@@ -549,7 +578,7 @@ class World:
         }
 
 
-_STORY_STEPS = [
+STORY_STEPS = [
     ["the {n} wakes up .", "the {n} goes to the {place} .", "then the {n} eats .", "at night the {n} sleeps ."],
     ["a child sees the {n} .", "the child walks to the {place} .", "the child finds the {n} .", "then the child is happy ."],
     ["the {n} is lost .", "a friend looks in the {place} .", "the friend finds the {n} .", "then they go home ."],
@@ -572,9 +601,9 @@ class BaseModelSpec:
     """The tiny base LM and its pre-training (hyper-parameters chosen for a 2-core CPU)."""
 
     arch: str = "llama"
-    hidden_size: int = 192
-    num_layers: int = 6
-    num_heads: int = 6
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
     intermediate_size: int = 512
     vocab_size: int = 2048
     block_size: int = 128
@@ -692,9 +721,31 @@ def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int 
     return [o.strip() for o in out]
 
 
+def response_language(world: World, text: str) -> str | None:
+    """The world language most of ``text``'s words belong to (concept names, shared by all, do not count);
+    None when no word is language-specific."""
+    words = text.split()
+    shared = set(world.facts)
+    counts = {"en": sum(1 for w in words if w in world._english_words and w not in shared)}
+    for lang in world.lexicon:
+        vocab = world._lexicon_words(lang)
+        counts[lang] = sum(1 for w in words if w in vocab and w not in shared)
+    best = max(counts, key=counts.get)
+    return best if counts[best] > 0 else None
+
+
 def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languages=("en",)) -> list[dict]:
-    """A quick check of task ability: exact match of the final answer (see ``final_answer``) of greedy
-    responses on held-out test records, per family and language. (The benchmarks are notebooks 03-04.)"""
+    """A quick check of task ability on held-out test records, per family and language (the benchmarks are
+    notebooks 03-04). Three numbers per cell, from greedy responses:
+
+    * ``exact_match``: the final answer (``final_answer``) equals the gold one, in the prompt's language;
+    * ``answer_match``: it equals the gold answer rendered in *any* of the world's languages, i.e. the task
+      was solved even if the response came in another language;
+    * ``in_language``: the share of responses not written in another language than the prompt's
+      (``response_language``; answers made only of shared names and digits count as in-language).
+
+    The gap between the first two is *language confusion*: the skill survived, the answer language did not.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -702,15 +753,23 @@ def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languag
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     if torch.cuda.is_available():
         model = model.to("cuda")
+    all_langs = world.spec.languages
+    markers = {lang: world.translate(ANSWER_MARK, lang) for lang in all_langs}
     rows = []
     for fam in families:
+        golds = {lang: [final_answer(r["completion"][0]["content"], markers[lang]) for r in world.test_set(fam, lang)]
+                 for lang in all_langs}
         for lang in languages:
             recs = world.test_set(fam, lang)
             answers = generate_answers(model, tok, recs)
-            marker = world.translate(ANSWER_MARK, lang)
-            em = [final_answer(a, marker) == final_answer(r["completion"][0]["content"], marker)
-                  for a, r in zip(answers, recs, strict=True)]
-            rows.append({"family": fam, "language": lang, "exact_match": sum(em) / len(em), "n": len(em)})
+            em, am, same = [], [], []
+            for i, a in enumerate(answers):
+                em.append(final_answer(a, markers[lang]) == golds[lang][i])
+                am.append(any(final_answer(a, markers[g]) == golds[g][i] for g in all_langs))
+                same.append(response_language(world, a) in (lang, None))  # names/digits only: neutral
+            n = len(answers)
+            rows.append({"family": fam, "language": lang, "exact_match": sum(em) / n, "answer_match": sum(am) / n,
+                         "in_language": sum(same) / n, "n": n})
     return rows
 
 
@@ -730,7 +789,7 @@ def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[st
         key = str(run.model_dir)
         if key not in cache:
             f = run.dir / "probe.json"
-            want = {"families": list(families), "languages": list(languages)}
+            want = {"families": list(families), "languages": list(languages), "version": 3}
             if f.exists() and read_json(f)["config"] == want:
                 cache[key] = read_json(f)["rows"]
             else:
@@ -749,8 +808,34 @@ def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[st
     return pd.DataFrame(rows)
 
 
-def plot_probe(probe, stem=None, language: str = "en"):
-    """Bars of P1 vs P2 exact match per family, one panel per (Phase 1 data -> Phase 2 data) cell."""
+def probe_verdict(probe, language: str = "en") -> str:
+    """Plain sentences, computed from the probe, on whether the paper's direction holds in the sandbox: the
+    mean over task families of ``answer_match`` (task skill) and ``exact_match`` (in the prompt's language),
+    Phase 1 vs Phase 2, for every cell; similar cells (the Phase 2 set renders the Phase 1 set's tasks) should
+    keep task ability and dissimilar ones (Instruct -> ...) lose some."""
+    d = probe[probe.language == language]
+    lines = []
+    similar_ok, dissimilar_ok = [], []
+    for (m, p1, p2), g in d.groupby(["model", "phase1_data", "phase2_data"], sort=False):
+        mean = g.groupby(["checkpoint"])[["answer_match", "exact_match", "in_language"]].mean()
+        a1, a2 = mean.loc["P1", "answer_match"], mean.loc["P2", "answer_match"]
+        e1, e2 = mean.loc["P1", "exact_match"], mean.loc["P2", "exact_match"]
+        l2 = mean.loc["P2", "in_language"]
+        similar = p1 != "Instruct"
+        kept = a2 >= a1 - 0.02
+        (similar_ok if similar else dissimilar_ok).append(kept if similar else a2 < a1 - 0.02)
+        lines.append(f"{m} {p1} -> {p2} ({'similar' if similar else 'dissimilar'}): task skill {a1:.2f} -> {a2:.2f} "
+                     f"({'kept' if kept else 'lost'}); strict English exact match {e1:.2f} -> {e2:.2f}; "
+                     f"{l2:.0%} of Phase 2 answers in {LANGUAGE_NAMES.get(language, language)}.")
+    verdict = ("The paper's direction holds for task skill" if all(similar_ok) and all(dissimilar_ok)
+               else "The paper's direction does not fully hold for task skill")
+    lines.append(f"{verdict}: similar cells kept it in {sum(similar_ok)}/{len(similar_ok)}, dissimilar cells lost "
+                 f"it in {sum(dissimilar_ok)}/{len(dissimilar_ok)} (answer in any language, mean over families).")
+    return "\n".join(lines)
+
+
+def plot_probe(probe, stem=None, language: str = "en", metric: str = "exact_match"):
+    """Bars of P1 vs P2 ``metric`` per family, one panel per (Phase 1 data -> Phase 2 data) cell."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -763,12 +848,12 @@ def plot_probe(probe, stem=None, language: str = "en"):
         sub = d[(d.model == m) & (d.phase1_data == p1) & (d.phase2_data == p2)]
         fams = sorted(sub.family.unique())
         for k, ck in enumerate(("P1", "P2")):
-            vals = [sub[(sub.family == f) & (sub.checkpoint == ck)].exact_match.mean() for f in fams]
+            vals = [sub[(sub.family == f) & (sub.checkpoint == ck)][metric].mean() for f in fams]
             ax.bar([i + 0.4 * k for i in range(len(fams))], vals, width=0.4, label=ck)
         ax.set_xticks([i + 0.2 for i in range(len(fams))], [f"family {f}" for f in fams])
         ax.set_title(f"{p1} → {p2}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel(f"exact match ({LANGUAGE_NAMES.get(language, language)} test items)")
+    axes[0][0].set_ylabel(f"{metric} ({LANGUAGE_NAMES.get(language, language)} test items)")
     axes[0][0].legend()
     fig.tight_layout()
     if stem is not None:

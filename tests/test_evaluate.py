@@ -1,0 +1,346 @@
+"""Evaluation on lm-eval: every shipped task YAML loads offline; the smoke model's evaluation writes the tidy file
+and the tables (a missing metric stays missing); caches make a second call free and a deleted cache reruns only
+its task; papermill runs notebooks 01-04 in the smoke profile (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cft_utils import eval_tables, evaluate
+from cft_utils.config import load_config
+from cft_utils.tasks import PAPER_TASKS_DIR, _index, shipped_task_yamls, task_manager
+
+SHARED_HOME = "cft-home-smoke"  # the folder name test_train.py and test_notebooks.py use: runs are shared
+TASKS = Path(evaluate.__file__).parent / "tasks"
+FIX = Path(__file__).parent / "fixtures"
+
+
+# --------------------------------------------------------------------------------------------- fast
+
+
+@pytest.fixture(scope="module")
+def smoke_bench(tmp_path_factory):
+    from cft_utils.sandbox import World
+    from cft_utils.sandbox_bench import build_bench
+
+    return build_bench(World(load_config("smoke").sandbox.world_spec()), tmp_path_factory.mktemp("bench"))
+
+
+def _alpacaeval_fixture(tmp_path) -> Path:
+    # Our own records in AlpacaEval's format (instruction, output = the reference's answer, generator, dataset).
+    recs = [{"dataset": "helpful_base", "instruction": f"Name a colour number {i}.", "output": "Blue.",
+             "generator": "text_davinci_003"} for i in range(3)]
+    p = tmp_path / "alpaca_eval.json"
+    p.write_text(json.dumps(recs), encoding="utf-8")
+    return p
+
+
+def test_every_shipped_task_yaml_loads_offline(smoke_bench, tmp_path):
+    """Sandbox and AlpacaEval tasks (the paper's XQuAD/XL-Sum ones: tests/test_tasks_paper.py) load against local
+    files and render their documents; every YAML of every task folder declares a task or group."""
+    sandbox_yamls = shipped_task_yamls(TASKS / "sandbox")
+    names = {p.stem for p in sandbox_yamls}
+    langs = [x.removeprefix("sb_xquad_") for x in names if x.startswith("sb_xquad_")]
+    assert sorted(langs) == ["qaa", "qab", "qac", "qad", "qae"]
+    assert {"sb_ifeval", "sb_alpacaeval", "sb_mmlu", "sb_hellaswag"} <= names
+    local = dict(smoke_bench["files"])
+    # languages the smoke world lacks borrow a file of the same kind
+    for n in names:
+        if n not in local:
+            kind = n.rsplit("_", 1)[0]
+            local[n] = next(f for t, f in smoke_bench["files"].items() if t.startswith(kind))
+    local["cft_alpacaeval"] = str(_alpacaeval_fixture(tmp_path))
+    tm = task_manager(include=[TASKS / "sandbox", TASKS / "alpacaeval"], local_data=local, workdir=tmp_path / "w",
+                      include_defaults=False)
+    for name in sorted(names | {"cft_alpacaeval"}):
+        task = tm.load(name)["tasks"][name]
+        docs = list(task.eval_docs)
+        assert docs, name
+        text = task.doc_to_text(docs[0])
+        assert isinstance(text, str) and len(text) > 5, name
+        field = next(k for k in ("prompt", "instruction", "question", "query") if k in docs[0])
+        assert docs[0][field] in text, name  # the template renders the document, not a literal word
+    indexed = set(_index([TASKS / "sandbox", TASKS / "alpacaeval", PAPER_TASKS_DIR]))
+    for p in [*sandbox_yamls, *shipped_task_yamls(TASKS / "alpacaeval"), *shipped_task_yamls(PAPER_TASKS_DIR)]:
+        assert p.stem in indexed, p
+
+
+@pytest.mark.parametrize("profile", ["smoke", "sandbox", "paper"])
+def test_every_profile_names_known_tasks_and_headline_metrics(profile):
+    import lm_eval.tasks as lt
+
+    cfg = load_config(profile)
+    ev = cfg.evaluation
+    assert list(ev.benchmarks) == ["IFEval", "AlpacaEval", "MMLU", "HellaSwag", "MLQA", "XQuAD", "XLSum"]
+    heads = {b: s.metric for b, s in ev.benchmarks.items()}
+    assert heads == {"IFEval": "prompt_level_strict_acc", "AlpacaEval": "win_rate", "MMLU": "acc",
+                     "HellaSwag": "acc_norm", "MLQA": "f1", "XQuAD": "f1", "XLSum": "rougeL"}
+    builtin = Path(lt.__file__).parent
+    dirs = [PAPER_TASKS_DIR, *evaluate.task_dirs(cfg)]
+    needed = {t for s in ev.benchmarks.values() for t in s.tasks.values()}
+    if profile == "paper":  # lm-eval's own tasks: index only their folders (fast)
+        dirs += [builtin / d for d in ("ifeval", "mmlu", "hellaswag", "mlqa")]
+        assert ev.judge == "openai" and not ev.sandbox_bench
+    index = _index(dirs)
+    assert needed <= set(index), needed - set(index)
+    if cfg.sandbox is not None:
+        assert set(ev.benchmarks["MLQA"].tasks) == set(cfg.sandbox.languages) - {"en"}
+
+
+def test_parse_task_results_keeps_missing_as_nan():
+    res = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "f1,strict": 0.25,
+                             "f1_stderr,strict": 0.1},
+                       "g": {"acc,none": 0.4, "acc_stderr,none": 0.01}},
+           "n-samples": {"t": {"original": 10, "effective": 4}, "s1": {"effective": 2}, "s2": {"effective": 3}},
+           "group_subtasks": {"g": ["s1", "s2"]}}
+    metrics, n = evaluate.parse_task_results(res, "t")
+    assert metrics["acc"]["value"] == 0.5 and math.isnan(metrics["acc"]["stderr"])
+    assert metrics["f1@strict"] == {"value": 0.25, "stderr": 0.1} and n == 4
+    assert evaluate.parse_task_results(res, "g")[1] == 5
+    with pytest.raises(KeyError, match="no results for task 'x'"):
+        evaluate.parse_task_results(res, "x")
+
+
+def test_bad_evaluation_sections_fail_clearly(tmp_path):
+    from cft_utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluation.benchmarks.MMLU.suite"):
+        load_config("smoke", {"evaluation.benchmarks.MMLU.suite": "xx"})
+    cfg = load_config("smoke", {"evaluation.task_dirs": ["no-such-folder"]})
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        evaluate.task_dirs(cfg)
+    with pytest.raises(ValueError, match="unknown suites"):
+        evaluate.jobs_for(load_config("smoke"), ["xx"])
+
+
+def test_direction_check_is_computed_from_the_numbers():
+    t = pd.DataFrame({"model": ["m"] * 4, "phase1_data": ["a", "a", "I", "I"], "phase2_data": ["x"] * 4,
+                      "checkpoint": ["P1", "P2"] * 2, "TA_avg": [0.5, 0.52, 0.6, 0.3]})
+    sim = pd.DataFrame({"model": ["m", "m"], "phase1_data": ["a", "I"], "phase2_data": ["x", "x"],
+                        "task_overlap": [1.0, 0.2], "similar": [True, False]})
+    d = eval_tables.direction_check(t, "ta", sim, tol=0.02)
+    assert list(d.observed) == ["kept", "lost"] and list(d.holds) == [True, True]
+    text = eval_tables.direction_text(d, "ta")
+    assert "0.500 → 0.520 (+0.020)" in text and "holds in 2 of 2" in text
+    t.loc[1, "TA_avg"] = 0.4  # the similar cell now loses: the direction does not hold there
+    d = eval_tables.direction_check(t, "ta", sim, tol=0.02)
+    assert list(d.holds) == [False, True] and "holds in 1 of 2" in eval_tables.direction_text(d, "ta")
+    t.loc[1, "TA_avg"] = float("nan")
+    d = eval_tables.direction_check(t, "ta", None)
+    assert list(d.holds) == [None, None] and "could not be assessed" in eval_tables.direction_text(d, "ta")
+
+
+# --------------------------------------------------------------------------------------------- smoke model
+
+
+@pytest.fixture(scope="session")
+def smoke_home(tmp_path_factory):
+    home = tmp_path_factory.getbasetemp() / SHARED_HOME
+    home.mkdir(exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="module")
+def evaluated(smoke_home, tmp_path_factory):
+    """Every smoke run trained (or found done) and evaluated on both suites; the tidy file written."""
+    from cft_utils.train import execute, plan_runs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CFT_HOME", str(smoke_home))
+        cfg = load_config("smoke")
+        plan = plan_runs(cfg)
+        for run in plan.all():
+            execute(run, cfg)
+        t0 = time.time()
+        tidy = evaluate.evaluate_plan(cfg)
+        seconds = time.time() - t0
+        yield {"cfg": cfg, "plan": plan, "tidy": tidy, "seconds": seconds, "home": smoke_home, "mp": mp,
+               "out": tmp_path_factory.mktemp("tables")}
+
+
+@pytest.mark.slow
+def test_smoke_evaluation_writes_the_tidy_file_and_the_tables(evaluated):
+    cfg, tidy = evaluated["cfg"], evaluated["tidy"]
+    assert list(tidy.columns) == evaluate.TIDY_COLUMNS
+    on_disk = evaluate.tidy_results(cfg)
+    assert len(on_disk) == len(tidy) and set(on_disk.run_id) == set(tidy.run_id)
+    heads = tidy.merge(pd.DataFrame([{"benchmark": b, "metric": s.metric} for b, s in cfg.evaluation.benchmarks.items()]))
+    # 4 Phase 2 cells x (P1, P2) x (4 TA + 3 LA benchmarks x 2 languages) headline rows, all computed
+    assert len(heads) == 4 * 2 * (4 + 3 * 2)
+    assert heads.value.between(0, 1).all() and (heads.n > 0).all()
+    assert set(tidy.checkpoint) == {"P1", "P2"} and tidy.run_id.nunique() == 7
+    win = tidy[(tidy.benchmark == "AlpacaEval") & (tidy.metric == "win_rate")]
+    assert win.value.notna().all()
+    tables = eval_tables.render_tables(cfg, tidy, list(eval_tables.TABLES), evaluated["out"],
+                                       eval_tables.task_overlap_similarity(cfg))
+    assert set(tables) == set(eval_tables.TABLES)
+    for name, t in tables.items():
+        for p in t["paths"]:
+            assert p.exists() and p.stat().st_size > 0
+        assert "Paper's direction" in (evaluated["out"] / f"{name}.md").read_text(encoding="utf-8")
+    t1 = tables["table1"]["table"]
+    assert list(t1.columns) == ["model", "phase1_data", "phase2_data", "checkpoint", "IFEval", "AlpacaEval",
+                                "MMLU", "HellaSwag", "TA_avg"]
+    assert len(t1) == 4 and not any("(paper)" in c for c in t1.columns)  # the paper has no tiny-llama values
+    sim = eval_tables.task_overlap_similarity(cfg).set_index(["phase1_data", "phase2_data"])
+    assert sim.loc[("alpaca", "multialpaca"), "similar"] and not sim.loc[("Instruct", "multialpaca"), "similar"]
+    b4 = tables["tableB4"]["table"]
+    assert list(b4.columns)[-3:] == ["qaa", "qac", "avg"] and len(b4) == 8
+
+
+@pytest.mark.slow
+def test_a_missing_metric_is_missing_not_zero(evaluated, tmp_path):
+    cfg = load_config("smoke", {"evaluation.benchmarks.MMLU.metric": "acc_not_reported"})
+    tidy = evaluate.tidy_from_caches(cfg, evaluate.plan_cells(cfg))
+    mmlu = tidy[(tidy.benchmark == "MMLU") & (tidy.metric == "acc_not_reported")]
+    assert len(mmlu) == 8 and mmlu.value.isna().all()
+    assert tidy[(tidy.benchmark == "MMLU") & (tidy.metric == "acc")].value.notna().all()  # the others are kept
+    tables = eval_tables.render_tables(cfg, tidy, ["table1"], tmp_path)
+    t1 = tables["table1"]["table"]
+    assert t1.MMLU.isna().all() and t1.TA_avg.isna().all() and t1.IFEval.notna().all()
+    md = (tmp_path / "table1.md").read_text(encoding="utf-8")
+    assert "–" in md
+    csv = pd.read_csv(tmp_path / "table1.csv")
+    assert csv.MMLU.isna().all()  # empty cells, never 0
+    # a task nobody evaluated (no cache) is missing too
+    none = load_config("smoke", {"evaluation.benchmarks.MMLU.limit": 2})
+    rows = evaluate.tidy_from_caches(none, evaluate.plan_cells(none))
+    assert rows[rows.benchmark == "MMLU"].value.isna().all() and rows[rows.benchmark == "MMLU"].n.isna().all()
+
+
+@pytest.mark.slow
+def test_second_call_is_free_and_a_deleted_cache_reruns_only_its_task(evaluated, monkeypatch):
+    import lm_eval
+
+    cfg, plan = evaluated["cfg"], evaluated["plan"]
+    calls = []
+    real = lm_eval.simple_evaluate
+
+    def spy(*a, **k):
+        calls.append(list(k["tasks"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
+    monkeypatch.setattr(evaluate, "make_lm", lambda *a, **k: pytest.fail("a model was loaded for cached results"))
+    again = evaluate.evaluate_runs(cfg, plan.phase2, progress=False)
+    assert calls == []
+    pd.testing.assert_frame_equal(again.reset_index(drop=True),
+                                  evaluate.tidy_from_caches(cfg, plan.phase2).reset_index(drop=True))
+    run = plan.phase2[0]
+    job = next(j for j in evaluate.jobs_for(cfg) if j.task == "sb_xquad_qac")
+    cache = evaluate.cache_path(run, job.task, job.limit)
+    before = json.loads(cache.read_text())
+    cache.unlink()
+    monkeypatch.undo()
+    monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
+    evaluate.evaluate_runs(cfg, plan.phase2, progress=False)
+    assert calls == [["sb_xquad_qac"]]
+    after = json.loads(cache.read_text())
+    assert after["metrics"] == before["metrics"]  # greedy decoding: the same numbers again
+
+
+# --------------------------------------------------------------------------------------------- notebooks
+
+
+@pytest.fixture(scope="session")
+def notebooks(smoke_home, tmp_path_factory):
+    """Notebooks 01, 02, 03, 04 executed with papermill in the smoke profile."""
+    from cft_utils.reproduce import execute_notebook
+
+    out = tmp_path_factory.mktemp("reports")
+    t0 = time.time() - 2
+    seconds = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CFT_HOME", str(smoke_home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        for name in ("01_phase1_sft.ipynb", "02_phase2_sft.ipynb", "03_task_ability.ipynb",
+                     "04_language_ability.ipynb"):
+            t = time.time()
+            execute_notebook(name, "smoke", out)
+            seconds[name] = time.time() - t
+    return {"out": out, "t0": t0, "seconds": seconds}
+
+
+def _outputs_text(path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code)
+    outs = [o for c in code for o in c.outputs]
+    assert not [o for o in outs if o.output_type == "error"]
+    return json.dumps(outs)
+
+
+@pytest.mark.slow
+def test_notebooks_03_and_04_execute_in_smoke(notebooks):
+    from cft_utils.paths import PROJECT_ROOT
+
+    print("notebook seconds:", {k: round(v, 1) for k, v in notebooks["seconds"].items()})
+    t0 = notebooks["t0"]
+    text3 = _outputs_text(notebooks["out"] / "03_task_ability.ipynb")
+    text4 = _outputs_text(notebooks["out"] / "04_language_ability.ipynb")
+    assert "Paper's direction" in text3 and "Paper's direction" in text4
+    assert "default tokenizer" in text4 and "git_commit" in text4
+    fig = PROJECT_ROOT / "figures" / "smoke"
+    for name in eval_tables.TABLES:
+        for ext in ("csv", "md", "tex"):
+            p = fig / f"{name}.{ext}"
+            assert p.exists() and p.stat().st_mtime >= t0, p
+    tidy = pd.read_csv(PROJECT_ROOT / "results" / "smoke" / "evaluation.csv")
+    assert list(tidy.columns) == evaluate.TIDY_COLUMNS and set(tidy.checkpoint) == {"P1", "P2"}
+    assert (PROJECT_ROOT / "results" / "smoke" / "xlsum_rouge_tokenizers.csv").stat().st_mtime >= t0
+
+
+def test_paper_profile_tables_put_the_papers_value_beside_ours(tmp_path):
+    cfg = load_config("paper")
+    rows = []
+    for m in cfg.grid.models:
+        for c in cfg.grid.phase2:
+            for ck in ("P1", "P2"):
+                for b, s in cfg.evaluation.benchmarks.items():
+                    for lang in s.tasks:
+                        rows.append({"model": m, "phase1_data": c.phase1, "phase2_data": c.data, "strategy": "none",
+                                     "checkpoint": ck, "benchmark": b, "language": lang, "metric": s.metric,
+                                     "value": 0.5, "stderr": 0.01, "n": 10.0, "run_id": "x"})
+    tidy = pd.DataFrame(rows, columns=evaluate.TIDY_COLUMNS)
+    out = eval_tables.render_tables(cfg, tidy, ["table1", "tableB4"], tmp_path)
+    t1 = out["table1"]["table"].set_index(["model", "phase1_data", "checkpoint"])
+    assert t1.loc[("Mistral-7B", "alpaca", "P1"), "IFEval (paper)"] == 0.364  # data/paper_results.csv, Table 1
+    assert t1.loc[("Mistral-7B", "alpaca", "P1"), "IFEval"] == 0.5
+    assert list(out["table1"]["table"].columns)[4:6] == ["IFEval", "IFEval (paper)"]
+    b4 = out["tableB4"]["table"].set_index(["model", "phase1_data", "phase2_data", "checkpoint"])
+    assert b4.loc[("Mistral-7B", "alpaca", "multialpaca", "P1"), "arabic (paper)"] == 0.001
+    assert "(paper)" in (tmp_path / "tableB4.md").read_text(encoding="utf-8")
+
+
+def test_a_paper_task_runs_against_local_files_in_its_real_format(tmp_path, monkeypatch):
+    """lm-eval's own ifeval pointed at IFEval records (tests/fixtures/ifeval) through evaluation.local_data."""
+    monkeypatch.setenv("CFT_HOME", str(tmp_path))
+    cfg = load_config("paper", {"evaluation.task_dirs": ["alpacaeval", "lm_eval:ifeval"],
+                                "evaluation.local_data": {"ifeval": str(FIX / "ifeval" / "prompts.jsonl"),
+                                                          "cft_alpacaeval": str(_alpacaeval_fixture(tmp_path))}})
+    tm = evaluate.make_task_manager(cfg, ["ifeval", "cft_alpacaeval"])
+    docs = list(tm.load("ifeval")["tasks"]["ifeval"].eval_docs)
+    assert len(docs) >= 3 and {"key", "prompt", "instruction_id_list", "kwargs"} <= set(docs[0])
+    ae = list(tm.load("cft_alpacaeval")["tasks"]["cft_alpacaeval"].eval_docs)
+    assert [d["output"] for d in ae] == ["Blue."] * 3
+
+
+def test_an_unconfigured_api_judge_fails_before_any_generation(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    for v in ("CFT_JUDGE_MODEL", "CFT_JUDGE_BASE_URL", "CFT_JUDGE_API_KEY"):
+        monkeypatch.delenv(v, raising=False)
+    cfg = load_config("smoke", {"evaluation.judge": "openai"})
+    monkeypatch.setattr(evaluate, "make_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    run = SimpleNamespace(name="r", run_id="r", dir=tmp_path, model_dir=tmp_path, done=lambda: True, phase=1)
+    jobs = [j for j in evaluate.jobs_for(cfg, ["ta"]) if j.benchmark == "AlpacaEval"]
+    with pytest.raises(ValueError, match="CFT_JUDGE_MODEL"):
+        evaluate.evaluate_checkpoint(cfg, run, jobs, local_data={})
