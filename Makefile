@@ -11,7 +11,6 @@ else
 endif
 PY := $(ENV_PREFIX)/bin/python
 STAMP := $(ENV_PREFIX)/.cft-setup.stamp
-export HF_HUB_OFFLINE ?= 0
 
 .PHONY: help setup reproduce test test-fast lint bench lab clean clean-artifacts
 

@@ -67,8 +67,10 @@ def english_sentences(world, n: int, seed: int = 0) -> list[str]:
             candidates = [s for text in task(rng, world.facts) if text for s in _SENTENCE_END.split(text)]
         for s in candidates:
             s = s.strip()
-            # a bare answer ("2", "9 .") has no words: its "translation" is itself, not a pair
-            if _HAS_WORD.search(s) and s not in seen and len(out) < n:
+            # a bare answer ("2", "9 .") or a bare name ("boat": names are shared by every language) is its
+            # own "translation", not a pair
+            translatable = any(w not in world.facts for w in re.findall(r"[a-z]+", s))
+            if _HAS_WORD.search(s) and translatable and s not in seen and len(out) < n:
                 seen.add(s)
                 out.append(s)
                 misses = 0

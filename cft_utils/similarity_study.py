@@ -29,6 +29,9 @@ import numpy as np
 import pandas as pd
 
 from . import similarity as sim
+from .train import (
+    use_profile_threads,  # noqa: F401  (re-exported: the notebooks call study.use_profile_threads)
+)
 
 #: Name of the Instruct data in DES tables (the sandbox world's ``instruct`` mixture, or a stand-in).
 INSTRUCT = "instruct"
@@ -44,19 +47,6 @@ PAPER_ORDERING = (
     (("openorca", "mopenorca"), ("alpaca", "mopenorca")),
     (("alpaca", "multialpaca"), (INSTRUCT, "multialpaca")),
 )
-
-
-def use_profile_threads(cfg) -> int:
-    """Set torch's CPU threads to the profile's ``training.num_threads`` (when set, and only on CPU).
-
-    On a busy 2-core machine one thread measured ~10x faster than two for the tiny models' generation and
-    encoding (see STACK_NOTES); returns the thread count in use.
-    """
-    import torch
-
-    if cfg.training.num_threads and not torch.cuda.is_available():
-        torch.set_num_threads(cfg.training.num_threads)
-    return torch.get_num_threads()
 
 
 def _label(data_key: str) -> str:
