@@ -43,7 +43,7 @@ from pathlib import Path
 # ----------------------------------------------------------------------------------------------------------
 
 # Bump when a generator changes what a WorldSpec produces (it is part of the world id, hence of every cache key).
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 
 # Constructed languages: syllable inventories and a script. ISO 639-2 reserves qaa-qtz for local use.
 LANGUAGE_INVENTORY: dict[str, dict] = {

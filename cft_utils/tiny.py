@@ -12,14 +12,16 @@ from pathlib import Path
 # One chat format for every locally built tokenizer. The {% generation %} markers let TRL compute an
 # assistant-only loss mask (``return_assistant_tokens_mask=True``) for conversational data.
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "<|assistant|>\n{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}\n"
-    "{%- else -%}"
+    # No whitespace control here: transformers renders chat templates with trim_blocks, and a stripped newline
+    # would make the generation prompt differ from what training saw (the prompt must end "<|assistant|>\n").
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|assistant|>\n{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>\n{%- endif -%}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|unk|>"]

@@ -23,3 +23,13 @@ def test_architectures_build_and_run(tiny_model_dir):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch))
         out = model(torch.tensor([[5, 6, 7]]))
         assert out.logits.shape[-1] == model.config.vocab_size
+
+
+def test_generation_prompt_is_the_trained_prefix(tiny_tokenizer):
+    """The prompt a model is asked to continue must be exactly what preceded the answer in training:
+    a stripped newline here once made every lm-eval task that stops at a newline return empty answers."""
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    prompt = tiny_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    full = tiny_tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": "hello"}], tokenize=False)
+    assert prompt.endswith("<|assistant|>\n")
+    assert full.startswith(prompt) and full[len(prompt):] == "hello<|end|>\n"
