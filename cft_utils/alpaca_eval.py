@@ -30,9 +30,6 @@ import json
 import math
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from cft_utils.io import read_jsonl, write_json, write_jsonl
 from cft_utils.metrics import token_f1
+from cft_utils.openai_compat import post_chat_completions
 
 JUDGE_ENV = {"model": "CFT_JUDGE_MODEL", "base_url": "CFT_JUDGE_BASE_URL", "api_key": "CFT_JUDGE_API_KEY"}
 
@@ -170,30 +168,8 @@ class OpenAICompatibleJudge:
         return f"OpenAICompatibleJudge(model={self.model!r}, base_url={self.base_url!r})"
 
     def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.__api_key:
-            headers["Authorization"] = f"Bearer {self.__api_key}"
-        req = urllib.request.Request(
-            f"{self.base_url}/chat/completions",
-            data=json.dumps(payload).encode(),
-            headers=headers,
-            method="POST",
-        )
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                body = e.read().decode("utf-8", "replace")[:300]
-                last = RuntimeError(f"judge endpoint {self.base_url} answered HTTP {e.code}: {body}")
-                if e.code != 429 and e.code < 500:
-                    raise last from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = RuntimeError(f"judge endpoint {self.base_url} unreachable: {e}")
-            if attempt < self.max_retries:
-                time.sleep(self.backoff * (2**attempt))
-        raise last  # type: ignore[misc]
+        return post_chat_completions(self.base_url, payload, self.__api_key, timeout=self.timeout,
+                                     max_retries=self.max_retries, backoff=self.backoff, what="judge endpoint")
 
     def judge(self, instruction: str, output_a: str, output_b: str) -> Verdict:
         """Ask the endpoint which response is better; parse its answer."""

@@ -36,9 +36,6 @@ import random
 import re
 import shutil
 import statistics
-import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cft_utils.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from cft_utils.openai_compat import post_chat_completions
 
 # The eleven MultiAlpaca languages, in the paper's order.
 MULTIALPACA_LANGUAGES = ("fr", "ar", "de", "es", "id", "ja", "ko", "pt", "ru", "th", "vi")
@@ -688,27 +686,9 @@ class OpenAICompatibleTranslator(Translator):
         self.version = f"model={self.model};temperature={temperature};prompt={_sha(self.system_prompt, 8)}"
 
     def _post(self, payload: dict) -> dict:
-        url = self.base_url + "/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        data = json.dumps(payload).encode()
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                body = e.read().decode("utf-8", "replace")[:300]
-                last = f"HTTP {e.code} from {url}: {body}"
-                if e.code not in (408, 409, 429) and e.code < 500:
-                    raise RuntimeError(last) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = f"cannot reach {url}: {getattr(e, 'reason', e)}"
-            if attempt < self.max_retries:
-                time.sleep(self.retry_backoff * (2**attempt))
-        raise RuntimeError(f"{last} (after {self.max_retries + 1} attempts)")
+        return post_chat_completions(self.base_url, payload, self._api_key, timeout=self.timeout,
+                                     max_retries=self.max_retries, backoff=self.retry_backoff,
+                                     what="translation endpoint")
 
     def _translate_one(self, text: str, src_lang: str, tgt_lang: str) -> str:
         if not text.strip():
