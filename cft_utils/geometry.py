@@ -859,34 +859,10 @@ def plot_layer_norms(
     ``frame`` is tidy (``layer``, ``frobenius``/``spectral`` and the grouping columns, e.g. concatenated
     :func:`covariance_difference_norms` outputs). The y-axis label names the norm shown.
     """
-    from matplotlib.ticker import MaxNLocator
-
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    needed = {"layer", norm, hue} | ({panel} if panel else set())
-    missing = needed - set(frame.columns)
-    if missing:
-        raise KeyError(f"norm frame lacks columns {sorted(missing)}")
-    panels = list(dict.fromkeys(frame[panel])) if panel else [None]
-    fig, axes = _new_figure(1, len(panels), 5.0, 3.6)
-    colours = {h: f"C{i}" for i, h in enumerate(dict.fromkeys(frame[hue]))}
-    for c, pv in enumerate(panels):
-        ax = axes[0, c]
-        sub = frame if pv is None else frame[frame[panel] == pv]
-        for h, g in sub.groupby(hue, sort=False):
-            g = g.sort_values("layer")
-            ax.plot(g["layer"], g[norm], "o-", ms=3, color=colours[h], label=str(h))
-        ax.set_xlabel("layer (0 = embeddings)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(NORM_LABELS[norm])
-        if logy:
-            ax.set_yscale("log")
-        if pv is not None:
-            ax.set_title(str(pv), fontsize=9)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return fig, save_figure(fig, path_stem)
+    return plot_layer_metric(frame, path_stem, value=norm, ylabel=NORM_LABELS[norm], hue=hue, panel=panel,
+                             logy=logy, title=title)
 
 
 def plot_layer_metric(
@@ -897,6 +873,7 @@ def plot_layer_metric(
     ylabel: str,
     hue: str = "comparison",
     panel: str | None = None,
+    logy: bool = False,
     title: str | None = None,
 ):
     """Per-layer curves of any ``value`` column (e.g. ``cka``), one line per ``hue``, one column per ``panel``."""
@@ -918,6 +895,8 @@ def plot_layer_metric(
         ax.set_xlabel("layer (0 = embeddings)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
+        if logy:
+            ax.set_yscale("log")
         if pv is not None:
             ax.set_title(str(pv), fontsize=9)
         ax.legend(fontsize=7)

@@ -615,14 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args(argv)
-    import yaml
+    from .train import parse_overrides
 
-    overrides = {}
-    for kv in args.set:
-        if "=" not in kv:
-            ap.error(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     cfg = load_config(args.params, overrides)
     runs = plan_mitigations(cfg)
     if args.list:

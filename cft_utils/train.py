@@ -409,10 +409,17 @@ def train_log(run: RunPlan) -> list[dict]:
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _parse_value(v: str):
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["training.epochs=1", ...]`` -> ``{"training.epochs": 1}`` (values parsed as YAML)."""
     import yaml
 
-    return yaml.safe_load(v)
+    overrides = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,12 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare", action="store_true",
                     help="build the sandbox world, tokenizer and base model (one process), then exit")
     args = ap.parse_args(argv)
-    overrides = {}
-    for kv in args.set:
-        if "=" not in kv:
-            ap.error(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        overrides[k] = _parse_value(v)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     cfg = load_config(args.params, overrides)
     plan = plan_runs(cfg)
     if args.list:
