@@ -91,7 +91,7 @@ class Plan:
         import pandas as pd
 
         return pd.DataFrame([{"name": r.name, "run_id": r.run_id, "phase": r.phase, "model": r.model,
-                              "phase1_data": r.phase1_data, "phase2_data": r.phase2_data,
+                              "phase1_data": r.phase1_data, "phase2_data": r.phase2_data or "",
                               "strategy": r.strategy, "done": r.done()} for r in self.all()])
 
 
