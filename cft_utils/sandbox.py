@@ -700,25 +700,11 @@ def pretrain_base_model(world: World, tokenizer, spec: BaseModelSpec, out_dir: P
 
 
 def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
-    """Greedy answers to the records' prompts (batched, left-padded; a padded row equals its solo run)."""
-    import torch
+    """Greedy answers to the records' prompts (batched and left-padded by ``replay.hf_generate``)."""
+    from .replay import hf_generate
 
-    prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in records]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out = []
-    model.eval()
-    try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return [o.strip() for o in out]
+    gens = hf_generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size, progress=False)
+    return [g.text for g in gens]
 
 
 def response_language(world: World, text: str) -> str | None:
