@@ -387,6 +387,89 @@ class EvaluationSpec(_Strict):
     benchmarks: dict[str, BenchmarkSpec]
 
 
+# --------------------------------------------------------------------------------------------- analysis
+
+
+class SandboxEncoderSpec(_Strict):
+    """The sandbox's LaBSE-like DES encoder: the world's base LM trained on (English, translation) pairs."""
+
+    n_pairs: Annotated[int, Field(gt=1)] = Field(
+        default=2000, description="Parallel pairs drawn from the world. With 1000 or 400 the smoke encoder's dataset "
+        "means stayed close to one direction (all DES 0.97-1.0) and the orderings became seed noise.")
+    epochs: Annotated[float, Field(gt=0)] = Field(default=3, description="Passes over the pairs.")
+    batch_size: Annotated[int, Field(gt=1)] = Field(
+        default=32, description="Pairs per batch; the other pairs of a batch are the in-batch negatives.")
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = Field(default=1e-3, description="AdamW learning rate.")
+    max_seq_length: Annotated[int, Field(gt=0)] = Field(default=128, description="Tokens per sentence (truncated).")
+
+
+class DesSpec(_Strict):
+    """Dataset embedding similarity (notebook 05): encoder, sample, bootstrap, and the forgetting-risk report."""
+
+    encoder: str | None = Field(
+        default=None, description="None: the profile's default (the trained sandbox encoder with a 'sandbox' "
+        "section, else LaBSE); 'sandbox'; a sentence-transformers hub id; or a local encoder folder.")
+    sandbox_encoder: SandboxEncoderSpec = Field(
+        default_factory=SandboxEncoderSpec, description="Training settings of the sandbox encoder.")
+    n_samples: Annotated[int, Field(gt=0)] | None = Field(
+        default=500, description="Records per dataset (the paper's 500); None: all.")
+    fields: list[Literal["instruction", "input", "response"]] = Field(
+        default_factory=lambda: ["instruction", "input", "response"],
+        description="What is embedded per record (in the common schema instruction and input share the user message).")
+    n_boot: Annotated[int, Field(ge=0)] = Field(default=1000, description="Bootstrap replicates (0: no interval).")
+    ci: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.95, description="Level of the bootstrap interval.")
+    seed: int = Field(default=0, description="Sample and bootstrap seed.")
+    batch_size: Annotated[int, Field(gt=0)] = Field(default=32, description="Texts per encoder call.")
+    with_paper: bool | None = Field(
+        default=None, description="Show the paper's LaBSE values beside ours; None: only without a sandbox "
+        "(where the datasets are the real ones).")
+    la_results: str | None = Field(
+        default=None, description="Optional CSV of language-ability results (run_id, value[, language, benchmark]) "
+        "for the risk report; without it the sandbox probes, other profiles report the baseline as missing.")
+
+
+class MpdSpec(_Strict):
+    """Model parameter difference (notebook 06)."""
+
+    reference_data: list[str] | None = Field(
+        default=None, description="Phase 2 sets to fine-tune the base on as MPD references (None: every Phase 2 "
+        "set of the grid; the paper used MultiAlpaca only).")
+
+
+class GeometrySpec(_Strict):
+    """Representation geometry (notebook 09): prompt sets, how a prompt becomes a vector, Figure C4's runs."""
+
+    mt_bench_source: str = Field(
+        default="hf://datasets/HuggingFaceH4/mt_bench_prompts/raw/question.jsonl",
+        description="Without a sandbox: FastChat's question.jsonl (a file, a folder holding it, or an hf:// address).")
+    flores_source: str = Field(
+        default="openlanguagedata/flores_plus",
+        description="Without a sandbox: Flores on the hub (gated: set HF_TOKEN), or 'facebook/flores'.")
+    flores_split: str = Field(default="dev", description="Flores split.")
+    n_parallel: Annotated[int, Field(gt=0)] = Field(default=60, description="Parallel sentences per language (Figure 3).")
+    position: Literal["mean", "last"] = Field(
+        default="mean", description="A prompt's vector: the mean over its tokens, or the last token.")
+    chat: bool = Field(default=False, description="False: plain text for every model; True: each model's chat template.")
+    crosslingual_layer: int | None = Field(
+        default=None, description="Hidden-state index shown in Figure 3 (None: the middle one).")
+    batch_size: Annotated[int, Field(gt=0)] = Field(default=8, description="Prompts per forward pass.")
+    max_length: Annotated[int, Field(gt=0)] = Field(default=512, description="Tokens per prompt (truncated beyond).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="float32 keeps padded batches exact; bfloat16 halves GPU memory.")
+    mitigation_strategies: list[str] = Field(
+        default_factory=lambda: ["LF_H2", "GR_5", "GR_10"],
+        description="Figure C4: labels of the planned mitigation runs drawn against the unmitigated baseline.")
+    seed: int = Field(default=0, description="t-SNE seed (and the Flores subsample).")
+
+
+class AnalysisSpec(_Strict):
+    """Settings of the analysis notebooks 05 (DES), 06 (MPD) and 09 (geometry)."""
+
+    des: DesSpec = Field(default_factory=DesSpec)
+    mpd: MpdSpec = Field(default_factory=MpdSpec)
+    geometry: GeometrySpec = Field(default_factory=GeometrySpec)
+
+
 # --------------------------------------------------------------------------------------------- top level
 
 
@@ -408,6 +491,8 @@ class ExperimentConfig(_Strict):
 
     evaluation: EvaluationSpec | None = Field(
         default=None, description="Task- and language-ability benchmarks (cft_utils.evaluate; notebooks 03-04).")
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec, description="DES, MPD and geometry settings (notebooks 05, 06, 09).")
 
     # set by load_config, not by the file
     source_file: str | None = Field(default=None, exclude=True)
