@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,7 +25,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .languages import SANDBOX_LANGUAGES
 from .paths import PROJECT_ROOT, params_file
+from .sandbox.world import WorldSpec
 
 
 class ConfigError(ValueError):
@@ -93,13 +97,11 @@ class SandboxSpec(_Strict):
     @field_validator("languages")
     @classmethod
     def _languages(cls, v):
-        from .sandbox import LANGUAGE_INVENTORY
-
         if "en" not in v:
             raise ValueError("the sandbox needs English ('en') among its languages")
-        unknown = [x for x in v if x != "en" and x not in LANGUAGE_INVENTORY]
+        unknown = [x for x in v if x != "en" and x not in SANDBOX_LANGUAGES]
         if unknown:
-            raise ValueError(f"unknown sandbox languages {unknown}; known: ['en'] + {sorted(LANGUAGE_INVENTORY)}")
+            raise ValueError(f"unknown sandbox languages {unknown}; known: ['en'] + {sorted(SANDBOX_LANGUAGES)}")
         if len(v) < 2 or len(set(v)) != len(v):
             raise ValueError("need English and at least one other language, each once")
         return v
@@ -111,9 +113,8 @@ class SandboxSpec(_Strict):
             raise ValueError(f"instruct_mix shares must sum to 1 (got {sum(v.values()):.3f})")
         return v
 
-    def world_spec(self):
-        from .sandbox import WorldSpec
-
+    def world_spec(self) -> WorldSpec:
+        """The world generator's spec (cft_utils.sandbox.world)."""
         d = self.model_dump(exclude={"model"})
         return WorldSpec(**d)
 
@@ -496,6 +497,16 @@ class ExperimentConfig(_Strict):
 
     # set by load_config, not by the file
     source_file: str | None = Field(default=None, exclude=True)
+    overrides: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @property
+    def output_name(self) -> str:
+        """Where this configuration's results, figures and reports go: the profile's name, or, when parameters were
+        overridden, the profile's name and a short hash of the overrides (beside, never over, the default ones)."""
+        if not self.overrides:
+            return self.profile
+        blob = json.dumps(self.overrides, sort_keys=True, default=str)
+        return f"{self.profile}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
     @model_validator(mode="after")
     def _cross_references(self):
@@ -582,7 +593,46 @@ def _check_local_paths(cfg: ExperimentConfig, base: Path, file: Path) -> None:
                 raise ConfigError(f"{file}: models.{i}.{field_name}: no such folder: {q}")
 
 
-def load_config(profile_or_path: str | os.PathLike = "sandbox", overrides: dict[str, Any] | None = None
+def set_dotted(raw: dict, dotted: str, value: Any, file: Path | str = "<overrides>") -> None:
+    """Set ``a.b.0.c = value`` in the raw parameter mapping: dots walk mappings, integers index lists. A key that
+    walks into a scalar or past a list's end raises ConfigError naming the file and the key."""
+    node: Any = raw
+    *parents, leaf = dotted.split(".")
+    where = []
+    for part in [*parents, leaf]:
+        last = len(where) == len(parents)
+        where.append(part)
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{file}: override {dotted!r}: {'.'.join(where[:-1])} is a list of {len(node)} "
+                                  f"item(s); {part!r} is not an index into it")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{file}: override {dotted!r}: {'.'.join(where[:-1])} is a value "
+                              f"({node!r}), not a section, so it has no key {part!r}")
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """``["training.epochs=1", ...]`` (the ``--set KEY=VALUE`` options) -> ``{"training.epochs": 1}``; values are
+    parsed as YAML (``[5, 10]`` is a list, ``true`` a bool)."""
+    overrides = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    return overrides
+
+
+def load_config(profile_or_path: str | os.PathLike = "sandbox", overrides: dict[str, Any] | str | None = None
                 ) -> ExperimentConfig:
     """Load and validate a parameter file (a profile name or a path); ``overrides`` are merged on top.
 
@@ -598,12 +648,15 @@ def load_config(profile_or_path: str | os.PathLike = "sandbox", overrides: dict[
         raise ConfigError(f"{file}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level, got {type(raw).__name__}")
+    if isinstance(overrides, str):  # papermill's `-p overrides '{...}'` passes a string: JSON or YAML
+        try:
+            overrides = yaml.safe_load(overrides) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file}: overrides is not a JSON/YAML mapping: {e}") from e
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{file}: overrides must be a mapping of dotted keys to values, got {overrides!r}")
     for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(raw, dotted, value, file)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
@@ -611,4 +664,5 @@ def load_config(profile_or_path: str | os.PathLike = "sandbox", overrides: dict[
         raise ConfigError("invalid parameter file\n  " + "\n  ".join(lines)) from None
     _check_local_paths(cfg, file.parent, file)
     cfg.source_file = str(file)
+    cfg.overrides = dict(overrides or {})
     return cfg

@@ -27,16 +27,29 @@ def cft_home() -> Path:
     return home.resolve()
 
 
-def figures_dir(profile: str) -> Path:
-    """``figures/<profile>/`` (created on demand)."""
-    d = PROJECT_ROOT / "figures" / profile
+def output_name(cfg_or_profile) -> str:
+    """The folder name of a configuration's outputs: ``cfg.output_name`` (the profile, plus a hash of any
+    overrides), or a profile name given as a string."""
+    return cfg_or_profile if isinstance(cfg_or_profile, str) else cfg_or_profile.output_name
+
+
+def figures_dir(cfg_or_profile) -> Path:
+    """``figures/<output name>/`` (created on demand); see :func:`output_name`."""
+    d = PROJECT_ROOT / "figures" / output_name(cfg_or_profile)
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def results_dir(profile: str) -> Path:
-    """``results/<profile>/``: tidy CSVs of this profile (created on demand)."""
-    d = PROJECT_ROOT / "results" / profile
+def results_dir(cfg_or_profile) -> Path:
+    """``results/<output name>/``: tidy CSVs of this configuration (created on demand)."""
+    d = PROJECT_ROOT / "results" / output_name(cfg_or_profile)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def reports_dir(cfg_or_profile) -> Path:
+    """``reports/<output name>/``: executed notebooks, their HTML and the report site (created on demand)."""
+    d = PROJECT_ROOT / "reports" / output_name(cfg_or_profile)
     d.mkdir(parents=True, exist_ok=True)
     return d
 

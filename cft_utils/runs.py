@@ -16,10 +16,12 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .io import read_json, read_jsonl
 from .paths import PROJECT_ROOT, cft_home
 
 
@@ -31,11 +33,81 @@ def run_id(resolved: dict[str, Any], prefix: str = "") -> str:
 
 
 def run_dir(rid: str, home: Path | None = None) -> Path:
+    """``$CFT_HOME/runs/<run id>/``."""
     return Path(home or cft_home()) / "runs" / rid
 
 
 def is_done(rdir: Path) -> bool:
+    """Whether the run folder holds its completion marker."""
     return (Path(rdir) / "DONE").exists()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a mitigation run does on top of Phase 2: its strategy (registry name), table label (``GR_5``), the
+    resolved parameters the strategy reads when it runs (they are part of the run id) and the paper table it fills."""
+
+    strategy: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    table: str | None = None
+
+
+@dataclass
+class RunPlan:
+    """One run of the grid, fully resolved; its id is a hash of ``resolved``.
+
+    ``init`` is where training starts: ``"sandbox-base"``, a hub id or local folder, or ``"run:<id>"`` (the
+    ``parent`` run's model). ``data_key`` is the dataset trained on (None: an off-the-shelf model registered
+    without training, whose weights are at ``init``). A mitigation run has a ``variant`` and the unmitigated Phase 2
+    run of its cell as ``baseline``.
+    """
+
+    name: str  # e.g. "phase2/tiny-llama/alpaca->multialpaca"
+    phase: int  # 1 or 2 (the sandbox Instruct build counts as phase 1)
+    model: str
+    phase1_data: str  # dataset key or "Instruct"
+    phase2_data: str | None
+    strategy: str  # "none", or the variant's label
+    data_key: str | None
+    init: str
+    hparams: Any  # config.TrainingSpec
+    resolved: dict[str, Any]
+    run_id: str
+    parent: RunPlan | None = None
+    baseline: RunPlan | None = None
+    variant: Variant | None = None
+
+    @property
+    def dir(self) -> Path:
+        return run_dir(self.run_id)
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the weights are (for a registered Instruct model: its hub id or folder)."""
+        if self.data_key is None and self.variant is None:
+            return Path(self.init)
+        return self.dir / "model"
+
+    @property
+    def registered(self) -> bool:
+        """An off-the-shelf model used as it is (nothing to train)."""
+        return self.data_key is None and self.variant is None
+
+    def done(self) -> bool:
+        return self.registered or is_done(self.dir)
+
+
+def read_summary(run: RunPlan) -> dict | None:
+    """The run's ``summary.json`` (None while it has none)."""
+    p = Path(run.dir) / "summary.json"
+    return read_json(p) if p.exists() else None
+
+
+def read_train_log(run: RunPlan) -> list[dict]:
+    """The run's logged training losses (``train_log.jsonl``; empty while it has none)."""
+    p = Path(run.dir) / "train_log.jsonl"
+    return read_jsonl(p) if p.exists() else []
 
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")

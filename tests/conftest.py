@@ -23,7 +23,7 @@ TINY_TEXTS = [
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE with the project's chat template, trained in well under a second."""
-    from cft_utils.tiny import train_bpe_tokenizer
+    from cft_utils.sandbox.tiny import train_bpe_tokenizer
 
     return train_bpe_tokenizer(TINY_TEXTS, vocab_size=400, min_frequency=1)
 
@@ -31,7 +31,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     """Factory: ``tiny_model_dir(arch="llama", seed=0)`` -> a saved random tiny model directory."""
-    from cft_utils.tiny import build_causal_lm, save_model
+    from cft_utils.sandbox.tiny import build_causal_lm, save_model
 
     cache = {}
 

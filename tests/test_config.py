@@ -10,7 +10,7 @@ import yaml
 
 from cft_utils.config import ConfigError, ExperimentConfig, load_config
 from cft_utils.paths import ACCELERATE_CONFIGS_DIR, PARAMS_DIR
-from cft_utils.train import plan_runs
+from cft_utils.plan import plan_runs
 
 SHIPPED = sorted(PARAMS_DIR.glob("*.yaml"))
 ACCEL = sorted(ACCELERATE_CONFIGS_DIR.glob("*.yaml"))

@@ -119,7 +119,7 @@ def test_notebook_02_executes_in_smoke(executed):
     assert set(probe["checkpoint"]) == {"P1", "P2"} and probe["exact_match"].between(0, 1).all()
     # the notebooks trained (or found) every run of the smoke plan in the CFT_HOME they were given
     from cft_utils.config import load_config
-    from cft_utils.train import plan_runs
+    from cft_utils.plan import plan_runs
 
     for run in plan_runs(load_config("smoke")).all():
         assert (executed["home"] / "runs" / run.run_id / "DONE").exists(), run.name

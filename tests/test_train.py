@@ -25,7 +25,9 @@ import pytest
 
 from cft_utils.config import load_config
 from cft_utils.paths import PROJECT_ROOT
-from cft_utils.train import execute, plan_runs, sandbox_paths
+from cft_utils.plan import plan_runs
+from cft_utils.sandbox.build import sandbox_paths
+from cft_utils.train import execute
 
 SHARED_HOME = "cft-home-smoke"  # the same folder name in test_notebooks.py
 
@@ -82,7 +84,7 @@ def test_smoke_plan_is_the_paper_grid(tmp_path, monkeypatch):
         "phase2/tiny-llama/alpaca->multialpaca", "phase2/tiny-llama/Instruct->multialpaca",
         "phase2/tiny-llama/openorca->mopenorca", "phase2/tiny-llama/Instruct->mopenorca"}
     for r in plan.phase2:
-        parent = r.extra["parent"]
+        parent = r.parent
         assert r.init == f"run:{parent.run_id}" and parent.name == f"phase1/tiny-llama/{r.phase1_data}"
         assert r.resolved["parent"] == parent.run_id
     assert not any(r.done() for r in plan.all())
@@ -162,7 +164,7 @@ def test_smoke_phase1_to_phase2_end_to_end(smoke, monkeypatch):
         if run.phase == 1:
             assert Path(info["init"]) == base
         else:  # Phase 2 starts from its own Phase 1 model
-            parent = run.extra["parent"]
+            parent = run.parent
             assert Path(info["init"]) == parent.model_dir
             assert s["phase1_data"] == parent.phase1_data and s["phase2_data"] == run.phase2_data
             w2, w1 = _safetensors(run.model_dir), _safetensors(parent.model_dir)
@@ -196,11 +198,11 @@ def test_second_execute_is_skipped(smoke, monkeypatch):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
-    from cft_utils import config, train
+    from cft_utils import config, plan, train
 
     kill_at = int(sys.argv[1])
     cfg = config.load_config("smoke", {"training.epochs": 2})
-    run = train.plan_runs(cfg).get("phase1/tiny-llama/alpaca")
+    run = plan.plan_runs(cfg).get("phase1/tiny-llama/alpaca")
 
     class Kill(TrainerCallback):
         def on_save(self, args, state, control, **kw):  # called after checkpoint-<step> is written
@@ -271,7 +273,7 @@ def test_two_process_accelerate_launch(smoke, monkeypatch):
         cmd += ["--set", s]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
-    assert proc.stdout.count("done: phase1/tiny-llama/alpaca") == 1  # printed by rank 0 only
+    assert proc.stdout.count("[train] phase1/tiny-llama/alpaca") == 1  # printed by rank 0 only
 
     monkeypatch.setenv("CFT_HOME", str(smoke.home))
     cfg = load_config("smoke", {"training.num_processes": 2, "training.global_batch_size": 16})

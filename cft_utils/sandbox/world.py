@@ -38,22 +38,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..languages import LANGUAGE_NAMES, SANDBOX_LANGUAGES
+
 # ----------------------------------------------------------------------------------------------------------
 # Languages and lexicon
 # ----------------------------------------------------------------------------------------------------------
 
 # Bump when a generator changes what a WorldSpec produces (it is part of the world id, hence of every cache key).
 WORLD_VERSION = 4
-
-# Constructed languages: syllable inventories and a script. ISO 639-2 reserves qaa-qtz for local use.
-LANGUAGE_INVENTORY: dict[str, dict] = {
-    "qaa": {"name": "Valic", "script": "Latin", "onsets": "p t k m n s l r v b", "vowels": "a e i o u"},
-    "qab": {"name": "Dorren", "script": "Latin", "onsets": "d g f z h j w c sk tr", "vowels": "a ä e ë o ö u"},
-    "qac": {"name": "Kirav", "script": "Cyrillic", "onsets": "b v d z k l m n p r", "vowels": "a e i o u y"},
-    "qad": {"name": "Thelan", "script": "Greek", "onsets": "th ph k l m n p r s t", "vowels": "a e i o y"},
-    "qae": {"name": "Kanu", "script": "Katakana", "onsets": "k s t n h m y r w", "vowels": "a i u e o"},
-}
-LANGUAGE_NAMES = {"en": "English", **{k: v["name"] for k, v in LANGUAGE_INVENTORY.items()}}
 
 _CYRILLIC = {
     "a": "а", "b": "б", "v": "в", "d": "д", "e": "е", "z": "з", "i": "и", "k": "к", "l": "л", "m": "м",
@@ -100,9 +92,9 @@ def make_lexicon(english_words: Iterable[str], languages: list[str], seed: int,
     for lang in languages:
         if lang == "en":
             continue
-        if lang not in LANGUAGE_INVENTORY:
-            raise ValueError(f"unknown sandbox language {lang!r}; known: {sorted(LANGUAGE_INVENTORY)}")
-        inv = LANGUAGE_INVENTORY[lang]
+        if lang not in SANDBOX_LANGUAGES:
+            raise ValueError(f"unknown sandbox language {lang!r}; known: {sorted(SANDBOX_LANGUAGES)}")
+        inv = SANDBOX_LANGUAGES[lang]
         onsets, vowels = inv["onsets"].split(), inv["vowels"].split()
         rng = random.Random(f"{seed}-{lang}")
         used: set[str] = set()
@@ -401,12 +393,12 @@ class World:
         return {w for t in texts for w in _WORD.findall(t.lower())}
 
     @property
-    def _english_words(self) -> set[str]:
+    def english_words(self) -> set[str]:
         if not hasattr(self, "_en_words"):
             self._en_words = set(next(iter(self.lexicon.values()), {}))
         return self._en_words
 
-    def _lexicon_words(self, lang: str) -> set[str]:
+    def lexicon_words(self, lang: str) -> set[str]:
         if not hasattr(self, "_lang_words"):
             self._lang_words = {k: set(v.values()) for k, v in self.lexicon.items()}
         return self._lang_words[lang]
@@ -591,259 +583,3 @@ _CORPUS_GLUE = [
 SANDBOX_DATASETS = ("alpaca", "multialpaca", "openorca", "mopenorca", "instruct", "multialpaca_en", "mopenorca_en")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Building the world's tokenizer and base model (cached under $CFT_HOME/sandbox/<world id>/)
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BaseModelSpec:
-    """The tiny base LM and its pre-training (hyper-parameters chosen for a 2-core CPU)."""
-
-    arch: str = "llama"
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    vocab_size: int = 2048
-    block_size: int = 128
-    batch_size: int = 16
-    epochs: float = 2.0
-    learning_rate: float = 3e-3
-    warmup_steps: int = 30
-    seed: int = 0
-
-    def model_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def world_dir(spec: WorldSpec, home: Path) -> Path:
-    return Path(home) / "sandbox" / f"world-{spec.world_id()}"
-
-
-def _all_texts(world: World) -> list[str]:
-    texts = list(world.corpus())
-    for name in ("alpaca", "multialpaca", "openorca", "instruct"):
-        for r in world.dataset(name):
-            texts += [m["content"] for m in r["prompt"] + r["completion"]]
-    return texts
-
-
-def build_tokenizer(world: World, out_dir: Path, vocab_size: int = 2048):
-    """Train (once) the world's byte-level BPE with the chat template; return the loaded tokenizer."""
-    from transformers import AutoTokenizer
-
-    from .io import write_json
-    from .tiny import train_bpe_tokenizer
-
-    out_dir = Path(out_dir)
-    if (out_dir / "DONE").exists():
-        return AutoTokenizer.from_pretrained(out_dir)
-    tok = train_bpe_tokenizer(_all_texts(world), vocab_size=vocab_size)
-    tok.save_pretrained(out_dir)
-    write_json(out_dir / "DONE", {"vocab": len(tok)})
-    return AutoTokenizer.from_pretrained(out_dir)
-
-
-def pretrain_base_model(world: World, tokenizer, spec: BaseModelSpec, out_dir: Path, num_threads: int | None = None):
-    """Pre-train (once) the tiny base LM on the world's corpus with the HF Trainer; return its directory.
-
-    The corpus is tokenised, concatenated with end-of-text separators and cut into fixed blocks (the usual
-    causal-LM recipe). Interrupted pre-training resumes from its last checkpoint.
-    """
-    import torch
-    from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-    from .io import write_json
-    from .tiny import build_causal_lm
-
-    out_dir = Path(out_dir)
-    if (out_dir / "DONE").exists():
-        return out_dir
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    docs = world.corpus()
-    random.Random(spec.seed).shuffle(docs)
-    ids: list[int] = []
-    for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        ids += enc + [tokenizer.eos_token_id]
-    n_blocks = len(ids) // spec.block_size
-    blocks = [ids[i * spec.block_size:(i + 1) * spec.block_size] for i in range(n_blocks)]
-    ds = Dataset.from_dict({"input_ids": blocks})
-    model = build_causal_lm(tokenizer, arch=spec.arch, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-                            num_heads=spec.num_heads, intermediate_size=spec.intermediate_size, seed=spec.seed,
-                            max_position_embeddings=1024)
-    ckpt_dir = out_dir.parent / (out_dir.name + "-checkpoints")
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=spec.batch_size, num_train_epochs=spec.epochs,
-        learning_rate=spec.learning_rate, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
-        weight_decay=0.01, logging_steps=20, save_strategy="steps", save_steps=100, save_total_limit=1,
-        report_to="none", seed=spec.seed, use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
-        disable_tqdm=False,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    from .runs import last_complete_checkpoint
-
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(ckpt_dir))
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    log = [h for h in trainer.state.log_history if "loss" in h]
-    write_json(out_dir / "pretrain_log.json", log)
-    write_json(out_dir / "DONE", {"n_tokens": len(ids), "n_blocks": n_blocks, "final_loss": log[-1]["loss"] if log else None,
-                                  "n_parameters": sum(p.numel() for p in model.parameters())})
-    import shutil
-
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return out_dir
-
-
-def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
-    """Greedy answers to the records' prompts (batched and left-padded by ``replay.hf_generate``)."""
-    from .replay import hf_generate
-
-    gens = hf_generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size, progress=False)
-    return [g.text for g in gens]
-
-
-def response_language(world: World, text: str) -> str | None:
-    """The world language most of ``text``'s words belong to (concept names, shared by all, do not count);
-    None when no word is language-specific."""
-    words = text.split()
-    shared = set(world.facts)
-    counts = {"en": sum(1 for w in words if w in world._english_words and w not in shared)}
-    for lang in world.lexicon:
-        vocab = world._lexicon_words(lang)
-        counts[lang] = sum(1 for w in words if w in vocab and w not in shared)
-    best = max(counts, key=counts.get)
-    return best if counts[best] > 0 else None
-
-
-def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languages=("en",)) -> list[dict]:
-    """A quick check of task ability on held-out test records, per family and language (the benchmarks are
-    notebooks 03-04). Three numbers per cell, from greedy responses:
-
-    * ``exact_match``: the final answer (``final_answer``) equals the gold one, in the prompt's language;
-    * ``answer_match``: it equals the gold answer rendered in *any* of the world's languages, i.e. the task
-      was solved even if the response came in another language;
-    * ``in_language``: the share of responses not written in another language than the prompt's
-      (``response_language``; answers made only of shared names and digits count as in-language).
-
-    The gap between the first two is *language confusion*: the skill survived, the answer language did not.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    all_langs = world.spec.languages
-    markers = {lang: world.translate(ANSWER_MARK, lang) for lang in all_langs}
-    rows = []
-    for fam in families:
-        golds = {lang: [final_answer(r["completion"][0]["content"], markers[lang]) for r in world.test_set(fam, lang)]
-                 for lang in all_langs}
-        for lang in languages:
-            recs = world.test_set(fam, lang)
-            answers = generate_answers(model, tok, recs)
-            em, am, same = [], [], []
-            for i, a in enumerate(answers):
-                em.append(final_answer(a, markers[lang]) == golds[lang][i])
-                am.append(any(final_answer(a, markers[g]) == golds[g][i] for g in all_langs))
-                same.append(response_language(world, a) in (lang, None))  # names/digits only: neutral
-            n = len(answers)
-            rows.append({"family": fam, "language": lang, "exact_match": sum(em) / n, "answer_match": sum(am) / n,
-                         "in_language": sum(same) / n, "n": n})
-    return rows
-
-
-def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[str, ...] | None = None):
-    """Exact-match probe of every Phase 2 run and its Phase 1 parent (P1 vs P2), as a tidy DataFrame.
-
-    Probes are cached in each run's folder (``probe.json``), so a rerun costs nothing.
-    """
-    import pandas as pd
-
-    from .io import read_json, write_json
-
-    languages = languages or ("en", world.other_languages[0])
-    cache: dict[str, list[dict]] = {}
-
-    def probe(run) -> list[dict]:
-        key = str(run.model_dir)
-        if key not in cache:
-            f = run.dir / "probe.json"
-            want = {"families": list(families), "languages": list(languages), "version": 3}
-            if f.exists() and read_json(f)["config"] == want:
-                cache[key] = read_json(f)["rows"]
-            else:
-                cache[key] = exact_match_probe(run.model_dir, world, families, languages)
-                if run.data_key is not None:
-                    write_json(f, {"config": want, "rows": cache[key]})
-        return cache[key]
-
-    rows = []
-    for r in plan.phase2:
-        parent = r.extra["parent"]
-        for ckpt, run in (("P1", parent), ("P2", r)):
-            for row in probe(run):
-                rows.append({"model": r.model, "phase1_data": r.phase1_data, "phase2_data": r.phase2_data,
-                             "strategy": r.strategy, "checkpoint": ckpt, **row})
-    return pd.DataFrame(rows)
-
-
-def probe_verdict(probe, language: str = "en") -> str:
-    """Plain sentences, computed from the probe, on whether the paper's direction holds in the sandbox: the
-    mean over task families of ``answer_match`` (task skill) and ``exact_match`` (in the prompt's language),
-    Phase 1 vs Phase 2, for every cell; similar cells (the Phase 2 set renders the Phase 1 set's tasks) should
-    keep task ability and dissimilar ones (Instruct -> ...) lose some."""
-    d = probe[probe.language == language]
-    lines = []
-    similar_ok, dissimilar_ok = [], []
-    for (m, p1, p2), g in d.groupby(["model", "phase1_data", "phase2_data"], sort=False):
-        mean = g.groupby(["checkpoint"])[["answer_match", "exact_match", "in_language"]].mean()
-        a1, a2 = mean.loc["P1", "answer_match"], mean.loc["P2", "answer_match"]
-        e1, e2 = mean.loc["P1", "exact_match"], mean.loc["P2", "exact_match"]
-        l2 = mean.loc["P2", "in_language"]
-        similar = p1 != "Instruct"
-        kept = a2 >= a1 - 0.02
-        (similar_ok if similar else dissimilar_ok).append(kept if similar else a2 < a1 - 0.02)
-        lines.append(f"{m} {p1} -> {p2} ({'similar' if similar else 'dissimilar'}): task skill {a1:.2f} -> {a2:.2f} "
-                     f"({'kept' if kept else 'lost'}); strict English exact match {e1:.2f} -> {e2:.2f}; "
-                     f"{l2:.0%} of Phase 2 answers in {LANGUAGE_NAMES.get(language, language)}.")
-    verdict = ("The paper's direction holds for task skill" if all(similar_ok) and all(dissimilar_ok)
-               else "The paper's direction does not fully hold for task skill")
-    lines.append(f"{verdict}: similar cells kept it in {sum(similar_ok)}/{len(similar_ok)}, dissimilar cells lost "
-                 f"it in {sum(dissimilar_ok)}/{len(dissimilar_ok)} (answer in any language, mean over families).")
-    return "\n".join(lines)
-
-
-def plot_probe(probe, stem=None, language: str = "en", metric: str = "exact_match"):
-    """Bars of P1 vs P2 ``metric`` per family, one panel per (Phase 1 data -> Phase 2 data) cell."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    d = probe[probe.language == language]
-    cells = list(dict.fromkeys(zip(d.model, d.phase1_data, d.phase2_data, strict=True)))
-    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.2), sharey=True, squeeze=False)
-    for ax, (m, p1, p2) in zip(axes[0], cells, strict=True):
-        sub = d[(d.model == m) & (d.phase1_data == p1) & (d.phase2_data == p2)]
-        fams = sorted(sub.family.unique())
-        for k, ck in enumerate(("P1", "P2")):
-            vals = [sub[(sub.family == f) & (sub.checkpoint == ck)][metric].mean() for f in fams]
-            ax.bar([i + 0.4 * k for i in range(len(fams))], vals, width=0.4, label=ck)
-        ax.set_xticks([i + 0.2 for i in range(len(fams))], [f"family {f}" for f in fams])
-        ax.set_title(f"{p1} → {p2}", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel(f"{metric} ({LANGUAGE_NAMES.get(language, language)} test items)")
-    axes[0][0].legend()
-    fig.tight_layout()
-    if stem is not None:
-        from .report import save_figure
-
-        save_figure(fig, stem)
-    return fig

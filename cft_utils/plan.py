@@ -1,0 +1,140 @@
+"""The run grid of a profile: which runs exist, what each starts from, and their content-addressed ids.
+
+``plan_runs(cfg)`` resolves the profile's two-phase grid into :class:`cft_utils.runs.RunPlan` objects (nothing is
+trained here): for every model, one Phase 1 run per English dataset (plus the Instruct model: built in the sandbox,
+registered as it is otherwise) and one Phase 2 run per cell of ``grid.phase2``, whose ``parent`` is its Phase 1
+run. The mitigation runs are planned on top of this by ``cft_utils.mitigation.plan``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ExperimentConfig, ModelSpec, TrainingSpec
+from .runs import RunPlan, run_id
+from .sandbox.build import ensure_sandbox
+
+# Hyper-parameters that do not change what is learnt: left out of run ids.
+NON_SEMANTIC_HPARAMS = {"report_to", "num_threads", "save_steps", "save_total_limit", "logging_steps"}
+
+
+@dataclass
+class Plan:
+    """The Phase 1 and Phase 2 runs of a profile's grid."""
+
+    phase1: list[RunPlan]
+    phase2: list[RunPlan]
+
+    def all(self) -> list[RunPlan]:
+        return self.phase1 + self.phase2
+
+    def get(self, name: str) -> RunPlan:
+        for r in self.all():
+            if r.name == name:
+                return r
+        raise KeyError(f"no run named {name!r}; runs: {[r.name for r in self.all()]}")
+
+    def table(self):
+        """One row per run: name, id, phase, cell, strategy, done."""
+        import pandas as pd
+
+        return pd.DataFrame([{"name": r.name, "run_id": r.run_id, "phase": r.phase, "model": r.model,
+                              "phase1_data": r.phase1_data, "phase2_data": r.phase2_data or "",
+                              "strategy": r.strategy, "done": r.done()} for r in self.all()])
+
+
+def model_spec(cfg: ExperimentConfig, name: str) -> ModelSpec:
+    """The profile's model called ``name`` (a KeyError names the parameter file and the known names)."""
+    for m in cfg.models:
+        if m.name == name:
+            return m
+    raise KeyError(f"{cfg.source_file}: no model named {name!r} (have {[m.name for m in cfg.models]})")
+
+
+def semantic_hparams(h: TrainingSpec) -> dict:
+    """The hyper-parameters that change what is learnt (the part of a run id they contribute)."""
+    return h.model_dump(exclude=NON_SEMANTIC_HPARAMS)
+
+
+def base_identity(cfg: ExperimentConfig, m: ModelSpec) -> dict:
+    """What identifies a model's base in run ids: the sandbox world and base-model spec, or the hub id/folder."""
+    if m.base == "sandbox":
+        return {"sandbox_world": cfg.sandbox.world_spec().world_id(), "sandbox_model": cfg.sandbox.model.model_dump()}
+    return {"base": m.base, "revision": m.revision}
+
+
+def data_identity(cfg: ExperimentConfig, key: str) -> dict:
+    """What identifies a dataset in run ids: its spec, and for the sandbox the world it comes from."""
+    spec = cfg.datasets[key].model_dump()
+    if cfg.datasets[key].source == "sandbox":
+        spec["name"] = spec["name"] or key  # the key names the world's dataset
+        spec["world"] = cfg.sandbox.world_spec().world_id()
+    return spec
+
+
+def plan_runs(cfg: ExperimentConfig) -> Plan:
+    """Resolve the profile's grid into runs with content-addressed ids (nothing is trained here)."""
+    p1, p2 = [], []
+    for mname in cfg.grid.models:
+        m = model_spec(cfg, mname)
+        base = base_identity(cfg, m)
+        init = "sandbox-base" if m.base == "sandbox" else m.base
+        parents: dict[str, RunPlan] = {}
+        for key in cfg.grid.phase1:
+            resolved = {"phase": 1, "base": base, "data": data_identity(cfg, key),
+                        "hparams": semantic_hparams(cfg.training), "seed": cfg.seed}
+            r = RunPlan(f"phase1/{mname}/{key}", 1, mname, key, None, "none", key, init, cfg.training, resolved,
+                        run_id(resolved, "p1"))
+            parents[key] = r
+            p1.append(r)
+        if m.instruct and any(r.phase1 == "Instruct" for r in cfg.grid.phase2):
+            if m.instruct == "sandbox":
+                resolved = {"phase": 1, "base": base, "data": {"sandbox_instruct": cfg.sandbox.world_spec().world_id(),
+                            "mix": cfg.sandbox.instruct_mix}, "hparams": semantic_hparams(cfg.training),
+                            "seed": cfg.seed}
+                r = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", "instruct",
+                            "sandbox-base", cfg.training, resolved, run_id(resolved, "p1"))
+            else:  # an off-the-shelf Instruct model: registered as a Phase 1 checkpoint without training
+                resolved = {"phase": 1, "registered": m.instruct, "revision": m.revision}
+                r = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", None, m.instruct,
+                            cfg.training, resolved, run_id(resolved, "p1"))
+            parents["Instruct"] = r
+            p1.append(r)
+        h2 = cfg.phase2_hparams
+        for cell in cfg.grid.phase2:
+            parent = parents[cell.phase1]
+            resolved = {"phase": 2, "parent": parent.run_id, "data": data_identity(cfg, cell.data),
+                        "hparams": semantic_hparams(h2), "seed": cfg.seed, "strategy": "none"}
+            p2.append(RunPlan(f"phase2/{mname}/{cell.phase1}->{cell.data}", 2, mname, cell.phase1, cell.data,
+                              "none", cell.data, f"run:{parent.run_id}", h2, resolved, run_id(resolved, "p2"),
+                              parent=parent))
+    return Plan(p1, p2)
+
+
+def local_model_dir(path_or_id: str | Path, revision: str | None = None) -> Path:
+    """A local folder with the model's safetensors: the folder itself, or the hub snapshot (weights, configs,
+    tokenizer files; nothing else is downloaded)."""
+    p = Path(str(path_or_id)).expanduser()
+    if p.is_dir():
+        return p
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path_or_id), revision=revision,
+                                  allow_patterns=["*.safetensors", "*.json", "*.jinja", "tokenizer*"]))
+
+
+def base_model_source(cfg: ExperimentConfig, model_name: str) -> str:
+    """The local folder of ``model_name``'s base model: the sandbox's pre-trained model (built if missing), a local
+    folder, or the hub model's snapshot. LF_H2, MPD and geometry compare against it."""
+    m = model_spec(cfg, model_name)
+    if m.base == "sandbox":
+        return str(ensure_sandbox(cfg)["base"])
+    return str(local_model_dir(m.base, m.revision))
+
+
+def phase1_model_dir(cfg: ExperimentConfig, run: RunPlan) -> Path:
+    """A Phase 1 checkpoint as a local folder (a registered Instruct model is fetched as a hub snapshot)."""
+    if run.registered:
+        return local_model_dir(run.init, model_spec(cfg, run.model).revision)
+    return run.model_dir
