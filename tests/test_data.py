@@ -1,4 +1,4 @@
-"""Loaders on local files in the real formats (Alpaca, MultiAlpaca, OpenOrca jsonl/parquet, mOpenOrca's
+"""Loaders on local files in the real formats (Alpaca, MultiAlpaca, OpenOrca jsonl/parquet/CSV, mOpenOrca's
 save_to_disk build, common-schema JSONL), filtering, seeded subsampling and malformed input."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from cft_utils.config import load_config
-from cft_utils.data import DataError, load_records, validate_record
+from cft_utils.data.loaders import load_records
+from cft_utils.data.schema import DataError, validate_record
 from cft_utils.paths import PROJECT_ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -114,8 +115,9 @@ def test_openorca_parquet_matches_jsonl(tmp_path):
 
 @pytest.fixture(scope="module")
 def mopenorca_build(tmp_path_factory):
-    """A real mOpenOrca-format build (translate.build_translated_dataset -> datasets.save_to_disk)."""
-    from cft_utils.translate import SandboxTranslator, build_translated_dataset
+    """A real mOpenOrca-format build (translation.build.build_translated_dataset -> datasets.save_to_disk)."""
+    from cft_utils.data.translation.build import build_translated_dataset
+    from cft_utils.data.translation.translators import SandboxTranslator
 
     english = [{"id": f"orca-{i}", "dataset": "openorca", "language": "en", "counterpart_id": None,
                 "prompt": [{"role": "system", "content": "Answer briefly."},
@@ -155,6 +157,50 @@ def test_relative_path_is_resolved_from_the_parameter_file(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "c.jsonl").write_text((FIXTURES / "common_sample.jsonl").read_text())
     assert len(load(tmp_path, source="jsonl", path="./d/c.jsonl")) == 2
+
+
+def test_relative_path_without_dot_slash_is_read_locally_not_from_the_hub(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "c.jsonl").write_text((FIXTURES / "common_sample.jsonl").read_text())
+    assert len(load(tmp_path, source="jsonl", path="d/c.jsonl")) == 2  # the network is refused in this module
+    (tmp_path / "orca").mkdir()
+    (tmp_path / "orca" / "o.jsonl").write_text((FIXTURES / "openorca_sample.jsonl").read_text())
+    _check_openorca(load(tmp_path, source="openorca", path="orca/o.jsonl"))
+    # A missing file that looks like a path is a clear error naming the resolved path, not a hub lookup.
+    with pytest.raises(DataError) as e:
+        load(tmp_path, source="openorca", path="orca/missing.parquet")
+    assert str(tmp_path / "orca" / "missing.parquet") in str(e.value) and "no such file" in str(e.value)
+
+
+def test_csv_files_read_like_their_json_counterparts(tmp_path):
+    import pandas as pd
+
+    rows = json.loads((FIXTURES / "alpaca_sample.json").read_text())
+    pd.DataFrame(rows).to_csv(tmp_path / "alpaca.csv", index=False)
+    from_csv = load(tmp_path, source="alpaca", path=str(tmp_path / "alpaca.csv"))
+    assert from_csv == load(tmp_path, source="alpaca", path=str(FIXTURES / "alpaca_sample.json"))
+    orca = _openorca_rows()
+    pd.DataFrame(orca).to_csv(tmp_path / "orca.csv", index=False)
+    _check_openorca(load(tmp_path, source="openorca", path=str(tmp_path / "orca.csv")))
+    # Cells are text: a number-like answer keeps its zeros, an empty cell is an empty input (not NaN).
+    (tmp_path / "n.csv").write_text('instruction,input,output\n"Pad 7, to 3 digits",,007\n', encoding="utf-8")
+    [rec] = load(tmp_path, source="alpaca", path=str(tmp_path / "n.csv"))
+    assert user_text(rec) == "Pad 7, to 3 digits" and rec["completion"][0]["content"] == "007"
+
+
+def test_json_file_holding_one_object_per_line_is_read_as_jsonl(tmp_path):
+    p = _write(tmp_path, "alpaca.json", _jsonl(ok_alpaca, {**ok_alpaca, "instruction": "Say bye."}))
+    assert [user_text(r) for r in load(tmp_path, source="alpaca", path=str(p))] == ["Say hi.", "Say bye."]
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "a.csv"])
+def test_non_utf8_file_is_a_data_error_naming_the_file(tmp_path, name):
+    p = tmp_path / name
+    good = _jsonl(_common(0)) if name.endswith("jsonl") else "instruction,input,output\nhi,,there\n"
+    p.write_bytes(good.encode() + "caf\u00e9 ,,x\n".encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        load(tmp_path, source="jsonl" if name.endswith("jsonl") else "alpaca", path=str(p))
+    assert str(p) in str(e.value) and "not UTF-8" in str(e.value) and f"line {good.count(chr(10)) + 1}" in str(e.value)
 
 
 def _common(i, lang="en"):
@@ -228,8 +274,16 @@ BAD_DATA = [
     ("alpaca-not-an-array", "a.json", json.dumps({"instruction": "x"}),
      {"source": "alpaca"}, ["expected a JSON array"]),
     ("alpaca-invalid-json", "a.json", "[{\"instruction\": ", {"source": "alpaca"}, ["not valid JSON"]),
-    ("unsupported-file-type", "a.csv", "instruction,input,output\n", {"source": "alpaca"},
-     ["unsupported file type '.csv'"]),
+    ("unsupported-file-type", "a.txt", "instruction,input,output\n", {"source": "alpaca"},
+     ["unsupported file type '.txt'"]),
+    ("alpaca-row-is-a-json-string", "a.json", json.dumps([ok_alpaca, "Say hi."]),
+     {"source": "alpaca"}, ["record 1", "is a JSON string, expected an object"]),
+    ("jsonl-row-is-a-json-list", "o.jsonl", _jsonl(ok_orca, '["o2", "Q?"]'),
+     {"source": "openorca"}, ["record 1 (line 2)", "is a JSON array, expected an object"]),
+    ("csv-missing-column", "a.csv", "instruction,output\nSay hi.,hi\n", {"source": "alpaca"},
+     ["record 0", "missing field 'input'"]),
+    ("csv-empty-output", "o.csv", "id,system_prompt,question,response\no1,,Q?,\n", {"source": "openorca"},
+     ["record 0", "field 'response' is empty"]),
     ("openorca-empty-response", "o.jsonl", _jsonl(ok_orca, {**ok_orca, "id": "o2", "response": "  "}),
      {"source": "openorca"}, ["record 1", "field 'response' is empty"]),
     ("openorca-empty-question", "o.jsonl", _jsonl({**ok_orca, "question": ""}),

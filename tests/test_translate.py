@@ -1,4 +1,4 @@
-"""Selective translation (cft_utils.translate): protected spans, segmentation, backends, resumable builds."""
+"""Selective translation (cft_utils.data.translation): protected spans, segmentation, backends, resumable builds."""
 
 from __future__ import annotations
 
@@ -14,24 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from cft_utils.translate import (
-    MULTIALPACA_LANGUAGES,
+from cft_utils.data.schema import validate_record
+from cft_utils.data.translation.build import build_translated_dataset, load_translated_dataset, sample_records
+from cft_utils.data.translation.pipeline import translate_texts
+from cft_utils.data.translation.segment import split_for_translation
+from cft_utils.data.translation.spans import SpanRestoreError, check_placeholders, protect, restore
+from cft_utils.data.translation.translators import (
     NLLB_CODES,
     OpenAICompatibleTranslator,
     SandboxTranslator,
-    SpanRestoreError,
     TransformersTranslator,
     Translator,
-    build_translated_dataset,
-    check_placeholders,
-    load_translated_dataset,
-    protect,
-    restore,
-    sample_records,
-    split_for_translation,
-    translate_texts,
-    validate_record,
+    choose_placeholder_style,
 )
+from cft_utils.languages import MULTIALPACA_LANGUAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -292,7 +288,8 @@ def test_interrupted_build_resumes_without_duplicates_or_drops(tmp_path):
 
 CHILD = """
 import sys, time
-from cft_utils.translate import SandboxTranslator, build_translated_dataset
+from cft_utils.data.translation.build import build_translated_dataset
+from cft_utils.data.translation.translators import SandboxTranslator
 class Slow(SandboxTranslator):
     def translate_batch(self, texts, s, t):
         time.sleep(0.15)
@@ -457,8 +454,6 @@ def test_transformers_seq2seq_madlad_and_nllb_schemes(tmp_path, tiny_tokenizer, 
 
 
 def test_placeholder_style_follows_what_the_tokenizer_can_spell(tiny_tokenizer):
-    from cft_utils.translate import _choose_placeholder_style
-
     class AsciiOnly:
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [ord(c) if ord(c) < 128 else 0 for c in text]}
@@ -466,8 +461,8 @@ def test_placeholder_style_follows_what_the_tokenizer_can_spell(tiny_tokenizer):
         def decode(self, ids, skip_special_tokens=True):
             return "".join(chr(i) for i in ids if i)
 
-    assert _choose_placeholder_style(AsciiOnly()) == "underscore"
-    assert _choose_placeholder_style(tiny_tokenizer) == "bracket"
+    assert choose_placeholder_style(AsciiOnly()) == "underscore"
+    assert choose_placeholder_style(tiny_tokenizer) == "bracket"
 
 
 def test_language_code_tables_cover_multialpaca():
@@ -524,7 +519,7 @@ def test_openai_compatible_backend_against_local_stub(stub_server, tmp_path, mon
     monkeypatch.setenv("CFT_TRANSLATE_MODEL", "stub-model")
     monkeypatch.setenv("CFT_TRANSLATE_BASE_URL", stub_server)
     monkeypatch.setenv("CFT_TRANSLATE_API_KEY", secret)
-    tr = OpenAICompatibleTranslator(timeout=5, retry_backoff=0.01, max_workers=2)
+    tr = OpenAICompatibleTranslator(timeout=5, max_workers=2)
     assert secret not in tr.name + tr.version + repr(tr)
     assert tr.translate_batch(["hello ⟦0⟧", "world"], "en", "fr") == ["FR hello ⟦0⟧", "FR world"]
     assert _StubHandler.seen[0]["auth"] == f"Bearer {secret}"  # the first call got a 503 and was retried
@@ -545,8 +540,37 @@ def test_openai_backend_gives_up_with_a_clear_error(monkeypatch):
     monkeypatch.delenv("CFT_TRANSLATE_MODEL", raising=False)
     with pytest.raises(ValueError, match="CFT_TRANSLATE_MODEL"):
         OpenAICompatibleTranslator()
-    tr = OpenAICompatibleTranslator("m", base_url="http://127.0.0.1:9", api_key="sk-XYZ", timeout=1, max_retries=1,
-                                    retry_backoff=0.01)
+    monkeypatch.setenv("CFT_TRANSLATE_API_KEY", "sk-XYZ")  # keys come from the environment only
+    tr = OpenAICompatibleTranslator("m", base_url="http://127.0.0.1:9", timeout=1, max_retries=1)
     with pytest.raises(RuntimeError, match="after 2 attempts") as e:
         tr.translate_batch(["hi"], "en", "fr")
     assert "sk-XYZ" not in str(e.value)
+
+
+class _RefusingHandler(_StubHandler):
+    """Answers every request with HTTP 401 (a wrong key): not retried, reported with its status."""
+
+    def do_POST(self):
+        type(self).seen.append(self.path)
+        self.send_response(401)
+        self.end_headers()
+        self.wfile.write(b'{"error": "bad key"}')
+
+
+def test_openai_backend_reports_a_refusal_at_once_without_the_key(monkeypatch):
+    _RefusingHandler.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("CFT_TRANSLATE_API_KEY", "sk-REFUSED-456")
+        tr = OpenAICompatibleTranslator("m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", timeout=5,
+                                        max_retries=3)
+        with pytest.raises(RuntimeError, match="answered HTTP 401") as e:
+            tr.translate_batch(["hi"], "en", "fr")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert _RefusingHandler.seen == ["/v1/chat/completions"]  # 4xx other than 408/409/429: no retry
+    assert "sk-REFUSED-456" not in str(e.value)
