@@ -205,9 +205,6 @@ class GridSpec(_Strict):
 
 # --------------------------------------------------------------------------------------------- mitigation
 
-MITIGATION_STRATEGIES = ("GR", "ER", "LF_H1", "LF_H2", "LoRA", "interpolation", "reversion")
-
-
 class MitigationCell(_Strict):
     """A Phase 2 cell of the grid that gets the mitigation strategies (one paper table)."""
 
@@ -245,29 +242,24 @@ class GenerationSpec(_Strict):
 
 
 class ReplaySpec(_Strict):
-    """Generative (GR_k) and English (ER_k) replay: k % of the Phase 2 set's size, added to Phase 2."""
+    """Settings shared by the replay strategies (generative GR_k and English ER_k replay): where the English
+    counterparts of each Phase 2 set come from, and how the Phase 1 model answers them."""
 
-    gr_percent: list[Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=lambda: [5.0, 10.0])
-    er_percent: list[Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=lambda: [10.0])
     counterparts: dict[str, CounterpartSpec] = Field(
         default_factory=dict, description="Phase 2 dataset key -> where its English counterparts come from.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
 
 
 class FreezingSpec(_Strict):
-    """Layer freezing in Phase 2 (LF_H1: seeded random layers; LF_H2: the layers base -> Phase 1 changed most)."""
+    """The frozen budget shared by the layer-freezing strategies (LF_H1 random layers, LF_H2 the most-changed
+    ones), so that both freeze the same number of layers. The count is resolved once, when runs are planned."""
 
     n_layers: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Layers to freeze (paper: 10).")
     fraction: Annotated[float, Field(gt=0, lt=1)] | None = Field(
-        default=None, description="Or a fraction of the model's layers (rounded, at least 1).")
-    granularity: Literal["layer", "head"] = Field(
-        default="layer", description="LF_H2: freeze whole q/k/v projections of the chosen layers, or the rows of "
-        "the most-changed heads (the same number of heads) by gradient masking.")
+        default=None, description="Or a fraction of the model's layers (rounded half up, at least 1).")
     modules: list[Literal["q_proj", "k_proj", "v_proj"]] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj"], description="LF_H2 ranks layers per module.")
-    measure: Literal["absolute", "relative"] = "absolute"
-    h1_scope: Literal["block", "qkv"] = Field(
-        default="block", description="LF_H1: freeze the whole decoder block, or only its q/k/v projections.")
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj"],
+        description="The projections frozen per layer (LF_H2 ranks layers per module; LF_H1 with scope qkv).")
 
     @model_validator(mode="after")
     def _one_count(self):
@@ -276,55 +268,19 @@ class FreezingSpec(_Strict):
         return self
 
 
-class LoraSpec(_Strict):
-    """The LoRA baseline (PEFT), merged into the weights for evaluation."""
-
-    r: Annotated[int, Field(gt=0)] = 16
-    alpha: Annotated[float, Field(gt=0)] = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 2e-4
-
-    @field_validator("target_modules")
-    @classmethod
-    def _no_head(cls, v):
-        if not v:
-            raise ValueError("target_modules must not be empty")
-        if "lm_head" in v:
-            raise ValueError("TRL refuses a LoRA adapter on lm_head; leave it out of target_modules")
-        return v
-
-
-class PosthocSpec(_Strict):
-    """Post-hoc strategies on a finished Phase 2 model: interpolation and reversion (no extra training)."""
-
-    interpolation_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: [0.25, 0.5, 0.75], description="θ = (1-α)·θ_P1 + α·θ_P2 for each α.")
-    reversion_criterion: Literal["relative_update", "absolute_update"] = Field(
-        default="relative_update", description="Rank units by ||θ_P2-θ_P1|| / ||θ_P1|| or by ||θ_P2-θ_P1||.")
-    reversion_granularity: Literal["module", "layer"] = "module"
-    reversion_amounts: list[Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=lambda: [0.25], description="Share of the ranked units reset to their Phase 1 values.")
-
-
 class MitigationSpec(_Strict):
-    """Forgetting mitigations (§4 of the paper, plus post-hoc strategies): which cells, which strategies."""
+    """Forgetting mitigations (§4 of the paper, plus post-hoc strategies): which cells, which strategies.
+
+    ``strategies`` maps a registered strategy's name to its parameters (``GR: {percents: [5, 10]}``; an empty
+    value takes the strategy's defaults). The strategies live above this module (cft_utils.mitigation), so the
+    names and parameters are checked against the registry when runs are planned, before any compute."""
 
     cells: list[MitigationCell]
-    strategies: list[Literal["GR", "ER", "LF_H1", "LF_H2", "LoRA", "interpolation", "reversion"]] = Field(
-        default_factory=lambda: list(MITIGATION_STRATEGIES))
+    strategies: dict[str, dict[str, Any] | None] = Field(
+        description="Strategy name -> its parameters (cft_utils/mitigation/strategies/; checked when planned).")
     seed: int = 0
     replay: ReplaySpec = Field(default_factory=ReplaySpec)
     freezing: FreezingSpec = Field(default_factory=lambda: FreezingSpec(n_layers=10))
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    posthoc: PosthocSpec = Field(default_factory=PosthocSpec)
-
-    @field_validator("strategies")
-    @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate strategies in {v}")
-        return v
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -474,12 +430,43 @@ class AnalysisSpec(_Strict):
 # --------------------------------------------------------------------------------------------- top level
 
 
+class SlurmSpec(_Strict):
+    """SLURM resources of one run's job (submitit); see cft_utils.executor."""
+
+    partition: str | None = Field(default=None, description="slurm partition (None: the cluster's default).")
+    account: str | None = Field(default=None, description="slurm account, when the cluster needs one.")
+    gpus_per_node: Annotated[int, Field(ge=0)] = Field(default=4, description="GPUs of one run's job.")
+    cpus_per_task: Annotated[int, Field(gt=0)] = 8
+    mem_gb: Annotated[float, Field(gt=0)] = 256
+    timeout_min: Annotated[int, Field(gt=0)] = Field(default=24 * 60, description="Time limit of one job.")
+    launcher: Literal["python", "accelerate"] = Field(
+        default="accelerate", description="'accelerate': the job runs `accelerate launch` over the node's GPUs.")
+    accelerate_config: str | None = Field(
+        default=None, description="accelerate config file for the job (e.g. configs/accelerate/fsdp.yaml).")
+
+
+class ExecutorSpec(_Strict):
+    """How the run graph is executed (cft_utils.executor)."""
+
+    backend: Literal["local", "slurm", "submitit-local"] = Field(
+        default="local", description="'local': a pool of worker processes on this machine; 'slurm': one submitit "
+        "job per run; 'submitit-local': the submitit job path on this machine.")
+    workers: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Local worker processes (None: one per CPU core; 1 on a GPU machine). Each gets "
+        "cores // workers torch threads.")
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+
+
 class ExperimentConfig(_Strict):
     """A whole profile: models, datasets, the two-phase grid and training hyper-parameters."""
 
     profile: str
     description: str = ""
-    seed: int = 42
+    seed: int = Field(default=42, description="Seed of what is built once (the sandbox base model's pre-training, "
+                      "seeded data subsets); training seeds are 'seeds'.")
+    seeds: list[int] | None = Field(
+        default=None, description="Training seeds: every Phase 1, Phase 2 and mitigation run is trained once per "
+        "seed (None: [seed]). Tables aggregate over seeds; intervals account for them.")
     models: list[ModelSpec]
     sandbox: SandboxSpec | None = None
     datasets: dict[str, DatasetSpec]
@@ -494,10 +481,23 @@ class ExperimentConfig(_Strict):
         default=None, description="Task- and language-ability benchmarks (cft_utils.evaluate; notebooks 03-04).")
     analysis: AnalysisSpec = Field(
         default_factory=AnalysisSpec, description="DES, MPD and geometry settings (notebooks 05, 06, 09).")
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="Where and how runs execute.")
 
     # set by load_config, not by the file
     source_file: str | None = Field(default=None, exclude=True)
     overrides: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @property
+    def training_seeds(self) -> list[int]:
+        """The training seeds (``seeds``, or ``[seed]`` when not given)."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {v}")
+        return v
 
     @property
     def output_name(self) -> str:
@@ -552,11 +552,6 @@ class ExperimentConfig(_Strict):
             if isinstance(cp.dataset, str) and cp.dataset not in self.datasets:
                 raise ValueError(f"mitigation.replay.counterparts.{key}.dataset: {cp.dataset!r} is not a key of "
                                  f"datasets (or give an inline dataset spec)")
-        if {"GR", "ER"} & set(mit.strategies):
-            missing = sorted({c.data for c in mit.cells} - set(mit.replay.counterparts))
-            if missing:
-                raise ValueError(f"mitigation.replay.counterparts: no counterpart source for Phase 2 data {missing} "
-                                 "(GR/ER need the English counterparts)")
         if self.sandbox is not None and mit.freezing.n_layers is not None \
                 and mit.freezing.n_layers > self.sandbox.model.num_layers:
             raise ValueError(f"mitigation.freezing.n_layers {mit.freezing.n_layers} exceeds the sandbox model's "

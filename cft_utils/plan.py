@@ -29,11 +29,10 @@ class Plan:
     def all(self) -> list[RunPlan]:
         return self.phase1 + self.phase2
 
-    def get(self, name: str) -> RunPlan:
-        for r in self.all():
-            if r.name == name:
-                return r
-        raise KeyError(f"no run named {name!r}; runs: {[r.name for r in self.all()]}")
+    def get(self, name: str, seed: int | None = None) -> RunPlan:
+        """The run called ``name``; a name without its ``/s<seed>`` suffix is accepted with ``seed``, or alone when
+        the profile has one training seed."""
+        return find_run(self.all(), name, seed)
 
     def table(self):
         """One row per run: name, id, phase, cell, strategy, done."""
@@ -41,7 +40,20 @@ class Plan:
 
         return pd.DataFrame([{"name": r.name, "run_id": r.run_id, "phase": r.phase, "model": r.model,
                               "phase1_data": r.phase1_data, "phase2_data": r.phase2_data or "",
-                              "strategy": r.strategy, "done": r.done()} for r in self.all()])
+                              "strategy": r.strategy, "seed": r.seed, "done": r.done()} for r in self.all()])
+
+
+def find_run(runs: list[RunPlan], name: str, seed: int | None = None) -> RunPlan:
+    """The run called ``name`` (see :meth:`Plan.get`); a KeyError lists the names there are."""
+    exact = [r for r in runs if r.name == name and (seed is None or r.seed == seed)]
+    if exact:
+        return exact[0]
+    by_cell = [r for r in runs if r.cell == name and (seed is None or r.seed == seed)]
+    if len(by_cell) == 1:
+        return by_cell[0]
+    if by_cell:
+        raise KeyError(f"{name!r} names one run per seed {sorted(r.seed for r in by_cell)}: add /s<seed> or seed=")
+    raise KeyError(f"no run named {name!r}; runs: {[r.name for r in runs]}")
 
 
 def model_spec(cfg: ExperimentConfig, name: str) -> ModelSpec:
@@ -74,41 +86,50 @@ def data_identity(cfg: ExperimentConfig, key: str) -> dict:
 
 
 def plan_runs(cfg: ExperimentConfig) -> Plan:
-    """Resolve the profile's grid into runs with content-addressed ids (nothing is trained here)."""
+    """Resolve the profile's grid into runs with content-addressed ids (nothing is trained here).
+
+    Every trained Phase 1 and Phase 2 run exists once per training seed (``cfg.training_seeds``; names end in
+    ``/s<seed>`` and ids include the seed); a Phase 2 run's parent is the Phase 1 run of the same seed. The Instruct
+    model stands for an off-the-shelf model, so it exists once (the sandbox builds it with the profile's ``seed``).
+    """
     p1, p2 = [], []
     for mname in cfg.grid.models:
         m = model_spec(cfg, mname)
         base = base_identity(cfg, m)
         init = "sandbox-base" if m.base == "sandbox" else m.base
-        parents: dict[str, RunPlan] = {}
-        for key in cfg.grid.phase1:
-            resolved = {"phase": 1, "base": base, "data": data_identity(cfg, key),
-                        "hparams": semantic_hparams(cfg.training), "seed": cfg.seed}
-            r = RunPlan(f"phase1/{mname}/{key}", 1, mname, key, None, "none", key, init, cfg.training, resolved,
-                        run_id(resolved, "p1"))
-            parents[key] = r
-            p1.append(r)
+        instruct = None
         if m.instruct and any(r.phase1 == "Instruct" for r in cfg.grid.phase2):
             if m.instruct == "sandbox":
                 resolved = {"phase": 1, "base": base, "data": {"sandbox_instruct": cfg.sandbox.world_spec().world_id(),
                             "mix": cfg.sandbox.instruct_mix}, "hparams": semantic_hparams(cfg.training),
                             "seed": cfg.seed}
-                r = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", "instruct",
-                            "sandbox-base", cfg.training, resolved, run_id(resolved, "p1"))
+                instruct = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", "instruct",
+                                   "sandbox-base", cfg.training, resolved, run_id(resolved, "p1"), seed=cfg.seed)
             else:  # an off-the-shelf Instruct model: registered as a Phase 1 checkpoint without training
                 resolved = {"phase": 1, "registered": m.instruct, "revision": m.revision}
-                r = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", None, m.instruct,
-                            cfg.training, resolved, run_id(resolved, "p1"))
-            parents["Instruct"] = r
-            p1.append(r)
-        h2 = cfg.phase2_hparams
-        for cell in cfg.grid.phase2:
-            parent = parents[cell.phase1]
-            resolved = {"phase": 2, "parent": parent.run_id, "data": data_identity(cfg, cell.data),
-                        "hparams": semantic_hparams(h2), "seed": cfg.seed, "strategy": "none"}
-            p2.append(RunPlan(f"phase2/{mname}/{cell.phase1}->{cell.data}", 2, mname, cell.phase1, cell.data,
-                              "none", cell.data, f"run:{parent.run_id}", h2, resolved, run_id(resolved, "p2"),
-                              parent=parent))
+                instruct = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", None, m.instruct,
+                                   cfg.training, resolved, run_id(resolved, "p1"))
+        for seed in cfg.training_seeds:
+            parents: dict[str, RunPlan] = {}
+            for key in cfg.grid.phase1:
+                resolved = {"phase": 1, "base": base, "data": data_identity(cfg, key),
+                            "hparams": semantic_hparams(cfg.training), "seed": seed}
+                r = RunPlan(f"phase1/{mname}/{key}/s{seed}", 1, mname, key, None, "none", key, init, cfg.training,
+                            resolved, run_id(resolved, "p1"), seed=seed)
+                parents[key] = r
+                p1.append(r)
+            if instruct is not None:
+                parents["Instruct"] = instruct
+            h2 = cfg.phase2_hparams
+            for cell in cfg.grid.phase2:
+                parent = parents[cell.phase1]
+                resolved = {"phase": 2, "parent": parent.run_id, "data": data_identity(cfg, cell.data),
+                            "hparams": semantic_hparams(h2), "seed": seed, "strategy": "none"}
+                p2.append(RunPlan(f"phase2/{mname}/{cell.phase1}->{cell.data}/s{seed}", 2, mname, cell.phase1,
+                                  cell.data, "none", cell.data, f"run:{parent.run_id}", h2, resolved,
+                                  run_id(resolved, "p2"), parent=parent, seed=seed))
+        if instruct is not None:
+            p1.append(instruct)
     return Plan(p1, p2)
 
 

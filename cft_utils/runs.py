@@ -77,6 +77,13 @@ class RunPlan:
     parent: RunPlan | None = None
     baseline: RunPlan | None = None
     variant: Variant | None = None
+    seed: int | None = None  # the training seed (None: an off-the-shelf model, or one built once per profile)
+
+    @property
+    def cell(self) -> str:
+        """The run's name without its seed: the same for every seed of one grid cell or strategy."""
+        return self.name.rsplit("/s", 1)[0] if self.seed is not None and self.name.endswith(f"/s{self.seed}") \
+            else self.name
 
     @property
     def dir(self) -> Path:

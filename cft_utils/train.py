@@ -93,7 +93,7 @@ def resolve_init(run: RunPlan, cfg: ExperimentConfig) -> tuple[str, ModelSpec]:
     if run.init.startswith("run:"):
         parent = run.parent
         if parent is None or not parent.done():
-            name = parent.name if parent else run.init
+            name = f"{parent.name} ({parent.run_id})" if parent else run.init
             raise RuntimeError(f"{run.name}: its Phase 1 run {name} is not done; run it first")
         return str(parent.model_dir), m
     return run.init, m
@@ -153,7 +153,7 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
     model = load_model(init, prec, trust_remote_code=mspec.trust_remote_code)
     if model_hook is not None:
         model_hook(model)
-    args = sft_config(h, rdir / "checkpoints", cfg.seed)
+    args = sft_config(h, rdir / "checkpoints", cfg.seed if run.seed is None else run.seed)
     resume = last_complete_checkpoint(rdir / "checkpoints")
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_hf_dataset(records), processing_class=tok,
                          callbacks=list(callbacks or []), peft_config=peft_config)
@@ -183,7 +183,7 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
             "trainable_parameters": trainable, "n_extra_records": n_extra, **(summary_extra or {}),
         }
         write_json(rdir / "summary.json", summary)
-        write_json(rdir / "provenance.json", provenance(seed=cfg.seed, config_file=cfg.source_file,
+        write_json(rdir / "provenance.json", provenance(seed=run.seed, config_file=cfg.source_file,
                                                          profile=cfg.profile, overrides=cfg.overrides))
         write_json(rdir / "DONE", {"run_id": run.run_id})
         if not quiet:

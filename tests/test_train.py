@@ -78,14 +78,14 @@ def smoke(tmp_path_factory):
 def test_smoke_plan_is_the_paper_grid(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_HOME", str(tmp_path))
     plan = plan_runs(load_config("smoke"))
-    assert [r.name for r in plan.phase1] == ["phase1/tiny-llama/alpaca", "phase1/tiny-llama/openorca",
+    assert [r.name for r in plan.phase1] == ["phase1/tiny-llama/alpaca/s7", "phase1/tiny-llama/openorca/s7",
                                              "phase1/tiny-llama/Instruct"]
     assert {r.name for r in plan.phase2} == {
-        "phase2/tiny-llama/alpaca->multialpaca", "phase2/tiny-llama/Instruct->multialpaca",
-        "phase2/tiny-llama/openorca->mopenorca", "phase2/tiny-llama/Instruct->mopenorca"}
+        "phase2/tiny-llama/alpaca->multialpaca/s7", "phase2/tiny-llama/Instruct->multialpaca/s7",
+        "phase2/tiny-llama/openorca->mopenorca/s7", "phase2/tiny-llama/Instruct->mopenorca/s7"}
     for r in plan.phase2:
         parent = r.parent
-        assert r.init == f"run:{parent.run_id}" and parent.name == f"phase1/tiny-llama/{r.phase1_data}"
+        assert r.init == f"run:{parent.run_id}" and parent.cell == f"phase1/tiny-llama/{r.phase1_data}"
         assert r.resolved["parent"] == parent.run_id
     assert not any(r.done() for r in plan.all())
     assert all(r.dir.parent == tmp_path.resolve() / "runs" for r in plan.all())
@@ -93,7 +93,6 @@ def test_smoke_plan_is_the_paper_grid(tmp_path, monkeypatch):
 
 def test_process_count_mismatch_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
     """Launched on 1 process with training.num_processes=2: the global batch would be wrong."""
-    import cft_utils.data
     import cft_utils.train as train
 
     monkeypatch.setenv("CFT_HOME", str(tmp_path))
@@ -102,7 +101,7 @@ def test_process_count_mismatch_fails_before_any_model_is_loaded(tmp_path, monke
         raise AssertionError("loaded something before validating the launch")
 
     for mod, name in ((train, "load_model"), (train, "load_tokenizer"), (train, "ensure_sandbox"),
-                      (cft_utils.data, "load_records")):
+                      (train, "load_records")):
         monkeypatch.setattr(mod, name, boom)
     cfg = load_config("smoke", {"training.num_processes": 2, "training.global_batch_size": 16})
     run = plan_runs(cfg).get("phase1/tiny-llama/alpaca")
@@ -117,7 +116,7 @@ def test_phase2_refuses_to_start_without_its_phase1_model(tmp_path, monkeypatch)
     monkeypatch.setenv("CFT_HOME", str(tmp_path))
     cfg = load_config("smoke")
     run = plan_runs(cfg).get("phase2/tiny-llama/alpaca->multialpaca")
-    with pytest.raises(RuntimeError, match=r"Phase 1 run phase1/tiny-llama/alpaca .* is not done"):
+    with pytest.raises(RuntimeError, match=r"Phase 1 run phase1/tiny-llama/alpaca/s7 .* is not done"):
         execute(run, cfg)
 
 
