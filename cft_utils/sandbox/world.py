@@ -17,7 +17,7 @@ Design (why it looks like this)
   - family ``B`` (OpenOrca-like: a system prompt and step-by-step answers ending in "so the answer is ..."),
   - family ``C`` (general chat tasks only the off-the-shelf "Instruct" mixture covers).
   Alpaca = A in English; MultiAlpaca = A in the other languages (similar tasks); OpenOrca = B in English;
-  mOpenOrca = B translated into the other languages (through ``cft_utils.translate`` when available);
+  mOpenOrca = B translated into the other languages (through ``cft_utils.data.translation``);
   Instruct = an English mixture of B, C and a little A (dissimilar to MultiAlpaca).
 * **What makes similarity protective.** The pre-training corpus holds parallel and code-switched sentences and
   dictionary lines, so translations share representations; task templates are word-for-word parallel and
@@ -496,7 +496,7 @@ class World:
                     for i in self.english_instances("B", "phase2", s.n_phase2_per_language * len(langs))]
         if name == "mopenorca":
             raise ValueError("the sandbox mOpenOrca is built by selective translation of 'mopenorca_en' "
-                             "(cft_utils.data.build_sandbox_mopenorca), not rendered directly")
+                             "(cft_utils.data.sandbox_mopenorca.build_sandbox_mopenorca), not rendered directly")
         if name == "instruct":
             out = []
             for fam, share in sorted(s.instruct_mix.items()):
