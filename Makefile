@@ -2,6 +2,10 @@
 # Environment: the active virtualenv or conda env if there is one, else a .venv in the repository.
 SHELL := /bin/bash
 PROFILE ?= sandbox
+SET ?=
+ONLY ?=
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
 ifdef VIRTUAL_ENV
   ENV_PREFIX := $(VIRTUAL_ENV)
 else ifdef CONDA_PREFIX
@@ -17,6 +21,10 @@ STAMP := $(ENV_PREFIX)/.cft-setup.stamp
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  Variables: PROFILE=$(PROFILE) (sandbox | smoke | paper), CFT_HOME (heavy artifacts, default ./artifacts)"
+	@echo "    SET=\"key=value ...\"  overrides for every notebook, e.g. SET=\"mitigation.seed=1 training.epochs=2\" (values are"
+	@echo "                       YAML, no spaces inside one: [1,5,10]); results land beside the defaults, in */<profile>-<hash>/"
+	@echo "    ONLY=\"01 02\"        run only these notebooks (number prefixes)"
+	@echo "    LAB_IP=$(LAB_IP) LAB_PORT=$(LAB_PORT)  where make lab listens (LAB_IP=0.0.0.0 to reach it from outside a container)"
 
 $(PY):
 	python3 -m venv $(ENV_PREFIX)
@@ -30,8 +38,8 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP) ## Create/refresh the environment (pinned torch 2.13 CPU wheel), register the Jupyter kernel, IFEval data
 	@echo "environment: $(ENV_PREFIX)"
 
-reproduce: setup ## Execute the notebooks with papermill for PROFILE (default sandbox): reports/, results/, figures/
-	$(PY) -m cft_utils.reproduce --profile $(PROFILE)
+reproduce: setup ## Execute the notebooks with papermill for PROFILE (SET=overrides, ONLY=notebooks): reports/<name>/index.html
+	$(PY) -m cft_utils.reproduce --profile $(PROFILE) $(if $(strip $(ONLY)),--only $(ONLY)) $(foreach kv,$(SET),--set '$(kv)')
 
 test: setup ## Run the whole test suite (what CI runs)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
@@ -45,8 +53,9 @@ lint: setup ## Ruff on the package, tests and benchmarks
 bench: setup ## Benchmarks (ratios against a baseline measured in the same run)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-lab: setup ## Open JupyterLab on the notebooks with the project's kernel
-	$(PY) -m jupyter lab notebooks
+lab: setup ## JupyterLab on the notebooks with the project's kernel (prints its URL; LAB_IP, LAB_PORT; works as root)
+	$(PY) -m jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) --ServerApp.root_dir=$(CURDIR)/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## Remove generated reports, results and figures (keeps artifacts and the environment)
 	rm -rf reports results figures/*/

@@ -44,8 +44,14 @@ def start(profile: str, overrides: dict[str, Any] | str | None = None) -> Experi
     log = route_logs(cfg)
     display_defaults()
     use_threads(cfg.training.num_threads)
-    print(f"library logs and progress bars: {_shown(log)}")
+    if log is not None:
+        print(f"library logs and progress bars: {_shown(log)}")
     return cfg
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (papermill or JupyterLab)."""
+    return "kernel_stderr" in _route or "ipykernel" in type(sys.stderr).__module__
 
 
 def _shown(path: Path) -> str:
@@ -81,17 +87,21 @@ def _is_stderr(stream, old) -> bool:
     return stream is old or stream is sys.__stderr__ or getattr(stream, "name", None) in ("stderr", "<stderr>")
 
 
-def route_logs(cfg: ExperimentConfig | None = None, path: str | os.PathLike | None = None) -> Path:
+def route_logs(cfg: ExperimentConfig | None = None, path: str | os.PathLike | None = None,
+               force: bool = False) -> Path | None:
     """Send warnings, library logging and progress bars to a log file (see the module docstring); return its path.
 
-    Calling it again with the same file does nothing; with another file it moves there."""
+    Only inside a Jupyter kernel (or with ``force``): a script or a test keeps its stderr, and gets None. Calling
+    it again with the same file does nothing; with another file it moves there."""
+    if not (force or in_kernel()):
+        return None
     target = Path(path) if path else log_path(cfg)
     target = target.resolve()
     if _route.get("path") == target:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     stream = open(target, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (lives on)
-    stream.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {notebook_name()}: profile "
+    stream.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {notebook_name()}: "
                  f"{getattr(cfg, 'output_name', '?')} ===\n")
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
@@ -102,6 +112,14 @@ def route_logs(cfg: ExperimentConfig | None = None, path: str | os.PathLike | No
     if "ipykernel" in type(old).__module__:
         old.write = stream.write  # type: ignore[method-assign]
         _route["kernel_stderr"] = old
+    if not getattr(old, "_should_watch", False):
+        # Nobody watches file descriptor 2 (a plain process, or a kernel started without fd capture): point it
+        # at the log, or subprocesses' and C libraries' messages end in the terminal of `make reproduce`.
+        try:
+            sys.__stderr__.flush()
+            os.dup2(stream.fileno(), 2)
+        except (OSError, AttributeError, ValueError):
+            pass
     sys.stderr = stream
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for h in getattr(logger, "handlers", []):
