@@ -12,6 +12,8 @@ template's end-of-turn token; :func:`generate` stops on any of them.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,45 @@ def load_model(path: str | Path, precision: str = "fp32", *, trust_remote_code: 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else None
     return model.to(device) if device else model
+
+
+# The small files that say what a model folder is: architecture, tokenizer, chat template, generation defaults.
+FINGERPRINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                     "chat_template.jinja", "chat_template.json", "model.safetensors.index.json")
+FINGERPRINT_SAMPLE_BYTES = 1 << 20
+
+
+def model_fingerprint(path: str | Path) -> str | None:
+    """A cheap content hash of a local model folder (None when ``path`` is not a folder).
+
+    Hashes the configuration and tokenizer files (:data:`FINGERPRINT_FILES`), every ``*.safetensors`` file's
+    header (names, dtypes, shapes, offsets) and size, and the first and last MiB of its data: a folder changed in
+    place (other weights, another tokenizer or chat template) gets another fingerprint, yet a 16 GB model is
+    fingerprinted by reading a few MiB, never its weights in full.
+    """
+    d = Path(str(path)).expanduser()
+    if not d.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        f = d / name
+        if f.is_file():
+            h.update(f"{name}\0".encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    for f in sorted(d.glob("*.safetensors")):
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = fh.read(n)
+            start = 8 + n
+            head = fh.read(min(FINGERPRINT_SAMPLE_BYTES, size - start))
+            fh.seek(max(start, size - FINGERPRINT_SAMPLE_BYTES))
+            tail = fh.read()
+        h.update(f"{f.name}\0{size}\0".encode())
+        for part in (header, head, tail):
+            h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
 
 
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revision=None):

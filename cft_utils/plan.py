@@ -8,10 +8,12 @@ run. The mitigation runs are planned on top of this by ``cft_utils.mitigation.pl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, ModelSpec, TrainingSpec
+from .models import model_fingerprint
 from .runs import RunPlan, run_id
 from .sandbox.build import ensure_sandbox
 
@@ -69,11 +71,53 @@ def semantic_hparams(h: TrainingSpec) -> dict:
     return h.model_dump(exclude=NON_SEMANTIC_HPARAMS)
 
 
+def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a hub model id (and revision) stands for: a pinned 40-hex revision itself, else the local hub
+    cache's ref, else one metadata call to the hub (skipped offline); None when none of them can tell."""
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / (
+            revision or "main")
+        if ref.is_file():
+            return ref.read_text().strip()
+        if constants.HF_HUB_OFFLINE:
+            return None
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except Exception:  # no cache entry and no hub: the id and revision are all we know
+        return None
+
+
+_IDENTITY_CACHE: dict[tuple, dict] = {}
+
+
+def model_identity(source: str, revision: str | None = None) -> dict:
+    """What identifies a model in run ids: a local folder by its content (:func:`cft_utils.models.model_fingerprint`:
+    config, tokenizer, chat template, safetensors headers and samples), a hub id by the commit it resolves to."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(p.iterdir()) if f.is_file())
+        key = (str(p.resolve()), stamp)
+        if key not in _IDENTITY_CACHE:
+            _IDENTITY_CACHE[key] = {"base": source, "fingerprint": model_fingerprint(p)}
+        return _IDENTITY_CACHE[key]
+    key = (source, revision)
+    if key not in _IDENTITY_CACHE:
+        _IDENTITY_CACHE[key] = {"base": source, "revision": revision, "commit": hub_commit(source, revision)}
+    return _IDENTITY_CACHE[key]
+
+
 def base_identity(cfg: ExperimentConfig, m: ModelSpec) -> dict:
-    """What identifies a model's base in run ids: the sandbox world and base-model spec, or the hub id/folder."""
+    """What identifies a model's base in run ids: the sandbox world and base-model spec, or the model's content
+    (:func:`model_identity`: a folder changed in place gets new run ids) and its chat-template setting."""
     if m.base == "sandbox":
         return {"sandbox_world": cfg.sandbox.world_spec().world_id(), "sandbox_model": cfg.sandbox.model.model_dump()}
-    return {"base": m.base, "revision": m.revision}
+    return model_identity(m.base, m.revision)
 
 
 def data_identity(cfg: ExperimentConfig, key: str) -> dict:
@@ -106,7 +150,8 @@ def plan_runs(cfg: ExperimentConfig) -> Plan:
                 instruct = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", "instruct",
                                    "sandbox-base", cfg.training, resolved, run_id(resolved, "p1"), seed=cfg.seed)
             else:  # an off-the-shelf Instruct model: registered as a Phase 1 checkpoint without training
-                resolved = {"phase": 1, "registered": m.instruct, "revision": m.revision}
+                resolved = {"phase": 1, "registered": m.instruct, "revision": m.revision,
+                            "identity": model_identity(m.instruct, m.revision)}
                 instruct = RunPlan(f"phase1/{mname}/Instruct", 1, mname, "Instruct", None, "none", None, m.instruct,
                                    cfg.training, resolved, run_id(resolved, "p1"))
         for seed in cfg.training_seeds:
