@@ -3,10 +3,11 @@ the optimizer check, post-run verification and the refusal of unsupported distri
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
-from cft_utils.freezing import (
+from cft_utils.mitigation.freeze import (
     FreezePlan,
     FreezingUnsupported,
     apply_freeze,
@@ -16,7 +17,6 @@ from cft_utils.freezing import (
     restore_masked_rows,
     select_lf_h1,
     select_lf_h2,
-    select_lf_h2_heads,
     verify_frozen,
 )
 
@@ -65,10 +65,12 @@ def test_lf_h2_picks_the_known_layers_per_projection_and_heads(tmp_path):
     base["model.embed_tokens.weight"] = p1["model.embed_tokens.weight"] = torch.randn(10, 8, generator=g)
     _write_ckpt(tmp_path / "base", base)
     _write_ckpt(tmp_path / "p1", p1)
-    ranking, table = select_lf_h2(tmp_path / "base", tmp_path / "p1", k=2)
+    plan = select_lf_h2(tmp_path / "base", tmp_path / "p1", k=2)
+    ranking, table = plan.modules, pd.DataFrame(plan.details["ranking"])
     assert ranking == {"q_proj": [3, 0], "k_proj": [1, 2], "v_proj": [0, 3]}
     assert set(table["module"]) == {"q_proj", "k_proj", "v_proj"}
-    heads, _ = select_lf_h2_heads(tmp_path / "base", tmp_path / "p1", n_heads=2)
+    # per head, the same budget: k=1 layer of 2 heads -> the 2 most-changed (layer, head) pairs per module
+    heads = select_lf_h2(tmp_path / "base", tmp_path / "p1", k=1, granularity="head").heads
     assert heads == {"q_proj": [(3, 0), (0, 0)], "k_proj": [(1, 0), (2, 0)], "v_proj": [(0, 0), (3, 0)]}
 
 
@@ -145,7 +147,12 @@ def test_head_masking_keeps_rows_identical_even_with_weight_decay(tiny_model_dir
     p = dict(model.named_parameters())
     assert torch.equal(p[q0][16:], before[q0][16:]) and torch.equal(p[v2][:16], before[v2][:16])
     assert not torch.equal(p[q0][:16], before[q0][:16]) and not torch.equal(p[v2][16:], before[v2][16:])
-    assert torch.all(p[q0].grad[16:] == 0) if p[q0].grad is not None else True
+    # the hook zeroes the masked rows' gradient (and only theirs): one more backward pass, no zero_grad after it
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert p[q0].grad is not None and p[v2].grad is not None
+    assert torch.all(p[q0].grad[16:] == 0) and torch.all(p[v2].grad[:16] == 0)
+    assert p[q0].grad[:16].abs().sum() > 0 and p[v2].grad[16:].abs().sum() > 0
 
 
 def test_without_the_write_back_weight_decay_moves_masked_rows(tiny_model_dir):

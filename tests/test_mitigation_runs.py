@@ -21,19 +21,21 @@ import pandas as pd
 import pytest
 import torch
 
+from cft_utils.checkpoints import write_streamed
 from cft_utils.config import ConfigError, load_config
-from cft_utils.mitigation import (
+from cft_utils.mitigation.execute import execute_mitigation
+from cft_utils.mitigation.plan import plan_mitigations
+from cft_utils.mitigation.posthoc import interpolate_checkpoints, revert_checkpoint
+from cft_utils.mitigation.tables import (
     ability_scores,
-    execute_mitigation,
     mitigation_paper_table,
     mitigation_results,
     pareto_front,
-    plan_mitigations,
     strategy_effects,
 )
 from cft_utils.paths import PROJECT_ROOT
-from cft_utils.posthoc import interpolate_checkpoints, revert_checkpoint, write_streamed
-from cft_utils.train import execute, plan_runs
+from cft_utils.plan import plan_runs
+from cft_utils.train import execute
 
 SHARED_HOME = "cft-home-smoke"  # the same folder as test_train.shared_smoke_home
 
@@ -61,16 +63,19 @@ def test_plan_names_ids_and_parameters(tmp_path, monkeypatch):
     runs = plan_mitigations(cfg)
     labels = ["GR_5", "GR_10", "ER_10", "LF_H1", "LF_H2", "LoRA", "Interp_0.5", "Revert_0.25"]
     assert [r.strategy for r in runs] == labels * 2
-    assert {r.extra["table"] for r in runs} == {"3", "C6"}
+    assert {r.variant.table for r in runs} == {"3", "C6"}
     assert len({r.run_id for r in runs}) == 16 and all(r.run_id.startswith("mt-") for r in runs)
     for r in runs:
-        assert r.extra["parent"].name == "phase1/tiny-llama/Instruct"
-        assert r.extra["baseline"].name == f"phase2/tiny-llama/Instruct->{r.phase2_data}"
-        assert r.name == f"mitigation/tiny-llama/Instruct->{r.phase2_data}/{r.strategy}"
+        assert r.parent.name == "phase1/tiny-llama/Instruct"
+        assert r.baseline.cell == f"phase2/tiny-llama/Instruct->{r.phase2_data}" and r.seed == r.baseline.seed
+        assert r.cell == f"mitigation/tiny-llama/Instruct->{r.phase2_data}/{r.strategy}"
     lora = next(r for r in runs if r.strategy == "LoRA")
-    assert lora.hparams.learning_rate == cfg.mitigation.lora.learning_rate != cfg.training.learning_rate
+    assert lora.hparams.learning_rate == cfg.mitigation.strategies["LoRA"]["learning_rate"] != cfg.training.learning_rate
+    # the frozen budget is resolved once, when planning, and travels in the runs' parameters (and ids)
+    lf = [r for r in runs if r.strategy in ("LF_H1", "LF_H2")]
+    assert lf and all(r.variant.params["n_frozen_layers"] == 1 for r in lf)  # 0.3125 of 2 layers, rounded half up
     # the ids carry the strategy's parameters (a sweep is a parameter change) and nothing else
-    other = plan_mitigations(load_config("smoke", {"mitigation.replay.gr_percent": [5, 20],
+    other = plan_mitigations(load_config("smoke", {"mitigation.strategies.GR.percents": [5, 20],
                                                    "mitigation.freezing": {"n_layers": 2}}))
     ids = {r.strategy: r.run_id for r in runs[:8]}
     ids2 = {r.strategy: r.run_id for r in other[:8]}
@@ -94,14 +99,23 @@ def test_every_profile_parses_its_mitigation_section_and_bad_values_fail():
     assert paper.cells[1].models == ["Mistral-7B"] and paper.cells[1].table == "C6"
     bad = [({"mitigation.cells": [{"phase1": "alpaca", "data": "mopenorca"}]}, "not a Phase 2 cell"),
            ({"mitigation.freezing": {"n_layers": 2, "fraction": 0.5}}, "exactly one of n_layers and fraction"),
-           ({"mitigation.lora.target_modules": ["q_proj", "lm_head"]}, "lm_head"),
-           ({"mitigation.replay.counterparts": {}}, "no counterpart source"),
-           ({"mitigation.strategies": ["GR", "GR"]}, "duplicate"),
            ({"mitigation.freezing": {"n_layers": 3}}, "exceeds the sandbox model's 2 layers"),
            ({"mitigation.replay.generation.backend": "tgi"}, "backend")]
     for override, msg in bad:
         with pytest.raises(ConfigError, match=msg):
             load_config("smoke", override)
+    # the strategies' own parameters are checked against the registry when runs are planned (before any compute),
+    # naming the parameter file and the key
+    planned_bad = [({"mitigation.strategies.LoRA.target_modules": ["q_proj", "lm_head"]},
+                    r"smoke.yaml: mitigation.strategies.LoRA.target_modules: .*lm_head"),
+                   ({"mitigation.replay.counterparts": {}}, "no counterpart source"),
+                   ({"mitigation.strategies.GR.percents": [5, 5]}, "duplicate"),
+                   ({"mitigation.strategies.GR.percent": [5]}, r"mitigation.strategies.GR.percent: Extra inputs"),
+                   ({"mitigation.strategies.XY": {}}, r"mitigation.strategies.XY: unknown strategy"),
+                   ({"mitigation.strategies": ["GR", "ER"]}, "mitigation.strategies: Input should be a valid dict")]
+    for override, msg in planned_bad:
+        with pytest.raises(ConfigError, match=msg):
+            plan_mitigations(load_config("smoke", override))
 
 
 def _ckpt(d: Path, tensors: dict, shards: int = 1):
@@ -236,7 +250,7 @@ def _mitigated_session(tmp_path_factory):
         runs = plan_mitigations(cfg, plan)
         for r in runs:
             execute_mitigation(r, cfg, progress=False)
-        return SimpleNamespace(home=home, cfg=cfg, plan=plan, runs={r.name: r for r in runs},
+        return SimpleNamespace(home=home, cfg=cfg, plan=plan, runs={r.cell: r for r in runs},
                                seconds={"smoke_plan": t1 - t0, "mitigations": time.time() - t1})
 
 
@@ -257,8 +271,8 @@ def _mjson(run):
 
 @pytest.mark.slow
 def test_replay_mix_has_the_promised_size_and_language_make_up(mitigated, monkeypatch):
-    from cft_utils.data import load_records
-    from cft_utils.replay import build_replay_set, replay_size
+    from cft_utils.data.loaders import load_records
+    from cft_utils.mitigation.replay import build_replay_set, replay_size
 
     monkeypatch.setenv("CFT_HOME", str(mitigated.home))
     cfg = mitigated.cfg
@@ -279,21 +293,21 @@ def test_replay_mix_has_the_promised_size_and_language_make_up(mitigated, monkey
             assert prov["n_replay"] == n and prov["seed"] == cfg.mitigation.seed
             if label.startswith("GR"):
                 c = prov["counts"]
-                assert prov["model_run"] == run.extra["parent"].run_id
+                assert prov["model_run"] == run.parent.run_id
                 assert c["generated"] == c["ok"] + c["empty"] + c["truncated"] + c["degenerate"] >= n
                 assert c["ok"] + c["kept_truncated"] + c["kept_degenerate"] == n  # the smoke model never stops
     # reused from disk: a second build generates nothing
-    import cft_utils.replay as replay
+    import cft_utils.models as models
 
-    monkeypatch.setattr(replay, "hf_generate", lambda *a, **k: pytest.fail("regenerated a cached replay set"))
+    monkeypatch.setattr(models, "generate", lambda *a, **k: pytest.fail("regenerated a cached replay set"))
     recs, prov = build_replay_set(cfg, _run(mitigated, "multialpaca", "GR_10"), "GR", 10)
     assert len(recs) == 3 and prov["content_id"] == _mjson(_run(mitigated, "multialpaca", "GR_10"))["replay"]["replay_set"]
 
 
 @pytest.mark.slow
 def test_er_uses_the_original_english_answers_of_the_counterparts(mitigated, monkeypatch):
-    from cft_utils.replay import build_replay_set
-    from cft_utils.sandbox import World
+    from cft_utils.mitigation.replay import build_replay_set
+    from cft_utils.sandbox.world import World
 
     monkeypatch.setenv("CFT_HOME", str(mitigated.home))
     recs, _ = build_replay_set(mitigated.cfg, _run(mitigated, "mopenorca", "ER_10"), "ER", 10)
@@ -310,7 +324,7 @@ def test_frozen_weights_are_bit_identical_and_never_in_the_optimizer(mitigated, 
         run = _run(mitigated, cell, label)
         m = _mjson(run)
         assert m["verification"]["bit_identical"] and m["verification"]["frozen_tensors_checked"] == len(m["frozen_tensors"])
-        w1, w2 = _weights(run.extra["parent"].model_dir), _weights(run.model_dir)
+        w1, w2 = _weights(run.parent.model_dir), _weights(run.model_dir)
         frozen = set(m["frozen_tensors"])
         assert frozen and all(torch.equal(w1[n], w2[n]) for n in frozen)
         assert all(not torch.equal(w1[n], w2[n]) for n in w1 if n not in frozen)  # everything else trained
@@ -333,7 +347,7 @@ def test_frozen_weights_are_bit_identical_and_never_in_the_optimizer(mitigated, 
 @pytest.mark.slow
 def test_per_head_freezing_with_weight_decay_in_a_real_run(mitigated, monkeypatch):
     monkeypatch.setenv("CFT_HOME", str(mitigated.home))
-    cfg = load_config("smoke", {"mitigation.freezing.granularity": "head", "mitigation.strategies": ["LF_H2"],
+    cfg = load_config("smoke", {"mitigation.strategies": {"LF_H2": {"granularity": "head"}},
                                 "mitigation.cells": [{"phase1": "Instruct", "data": "multialpaca"}],
                                 "phase2_training": {**mitigated.cfg.training.model_dump(), "weight_decay": 0.5}})
     (run,) = plan_mitigations(cfg)
@@ -343,7 +357,7 @@ def test_per_head_freezing_with_weight_decay_in_a_real_run(mitigated, monkeypatc
     assert m["verification"]["bit_identical"] and not m["frozen_tensors"]
     masked = m["masked_rows"]
     assert sum(e - s for v in masked.values() for s, e in v) == m["verification"]["masked_rows_checked"] == 3 * 2 * 16  # 2 heads of 16 rows each
-    w1, w2 = _weights(run.extra["parent"].model_dir), _weights(run.model_dir)
+    w1, w2 = _weights(run.parent.model_dir), _weights(run.model_dir)
     for name, spans in masked.items():
         keep = torch.zeros(w1[name].shape[0], dtype=torch.bool)
         for s, e in spans:
@@ -358,12 +372,12 @@ def test_per_head_freezing_with_weight_decay_in_a_real_run(mitigated, monkeypatc
 @pytest.mark.slow
 def test_lora_is_merged_into_a_plain_checkpoint(mitigated):
     run = _run(mitigated, "multialpaca", "LoRA")
-    w1, w2 = _weights(run.extra["parent"].model_dir), _weights(run.model_dir)
+    w1, w2 = _weights(run.parent.model_dir), _weights(run.model_dir)
     assert w2.keys() == w1.keys() and not any("lora" in k for k in w2)
     changed = {k for k in w1 if not torch.equal(w1[k], w2[k])}
     assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed)
     s = json.loads((run.dir / "summary.json").read_text())
-    lo = mitigated.cfg.mitigation.lora
+    lo = SimpleNamespace(**run.variant.params)  # the LoRA parameters the run was planned with
     hidden, layers = 32, 2
     assert s["trainable_parameters"] == layers * 4 * lo.r * (hidden + hidden)  # A and B of q, k, v, o
 
@@ -371,7 +385,7 @@ def test_lora_is_merged_into_a_plain_checkpoint(mitigated):
 @pytest.mark.slow
 def test_posthoc_runs_are_exact(mitigated):
     interp = _run(mitigated, "mopenorca", "Interp_0.5")
-    w1, w2 = _weights(interp.extra["parent"].model_dir), _weights(interp.extra["baseline"].model_dir)
+    w1, w2 = _weights(interp.parent.model_dir), _weights(interp.baseline.model_dir)
     wi = _weights(interp.model_dir)
     assert all(torch.equal(wi[n], ((w1[n].double() + w2[n].double()) / 2).to(w1[n].dtype)) for n in w1)
     rev = _run(mitigated, "mopenorca", "Revert_0.25")
@@ -391,7 +405,7 @@ def test_deepspeed_launch_is_refused_before_training(mitigated, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setattr(train, "execute", lambda *a, **k: pytest.fail("trained under DeepSpeed"))
     run = _run(mitigated, "multialpaca", "LF_H1")
-    from cft_utils.freezing import FreezingUnsupported
+    from cft_utils.mitigation.freeze import FreezingUnsupported
 
     with pytest.raises(FreezingUnsupported, match="DeepSpeed ZeRO is not supported"):
         execute_mitigation(run, mitigated.cfg, force=True)
@@ -410,14 +424,14 @@ def test_two_process_ddp_launch_with_freezing(mitigated, monkeypatch):
     assert proc.stdout.count(f"done: {name}") == 1
     monkeypatch.setenv("CFT_HOME", str(mitigated.home))
     cfg = load_config("smoke", {"phase2_training": h})
-    run = next(r for r in plan_mitigations(cfg) if r.name == name)
+    run = next(r for r in plan_mitigations(cfg) if r.cell == name)
     assert run.run_id != _run(mitigated, "multialpaca", "LF_H2").run_id and run.done()
     s = json.loads((run.dir / "summary.json").read_text())
     assert s["num_processes"] == 2 and s["global_steps"] == math.ceil(32 / 16)
     m = _mjson(run)
     assert m["verification"]["bit_identical"] and len(m["frozen_tensors"]) == 3
     assert m["optimizer"]["end"]["optimizer_tensors"] == 20 - 3
-    w1, w2 = _weights(run.extra["parent"].model_dir), _weights(run.model_dir)
+    w1, w2 = _weights(run.parent.model_dir), _weights(run.model_dir)
     assert all(torch.equal(w1[n], w2[n]) for n in m["frozen_tensors"])
 
 
@@ -436,7 +450,8 @@ def test_notebooks_07_and_08_execute_in_the_smoke_profile(mitigated, tmp_path_fa
     # One cell (Table 3) and a subset of the strategies keep the evaluation of notebook 08 within the test budget
     # (the runs are the fixture's: the ids do not depend on which cells or strategies are listed).
     overrides = {"mitigation.cells": [{"phase1": "Instruct", "data": "multialpaca", "table": "3"}],
-                 "mitigation.strategies": ["GR", "ER", "LF_H2", "reversion"], "mitigation.replay.gr_percent": [5]}
+                 "mitigation.strategies": {"GR": {"percents": [5]}, "ER": {"percents": [10]}, "LF_H2": {},
+                                           "reversion": {"amounts": [0.25]}}}
     for nb in ("07_generative_replay.ipynb", "08_layer_freezing.ipynb"):
         path = execute_notebook(nb, "smoke", out, parameters={"overrides": overrides})
         cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]

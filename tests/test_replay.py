@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from cft_utils.config import GenerationSpec, load_config
-from cft_utils.replay import (
-    Generation,
+from cft_utils.mitigation.replay import (
     ReplayError,
     classify,
     english_pool,
     english_replay,
     generate_replay,
-    hf_generate,
     max_ngram_repeats,
     replay_size,
     seeded_order,
 )
+from cft_utils.models import Generation
+from cft_utils.models import generate as hf_generate
 
 
 def _rec(rid, lang="en", cid=None, text="answer"):
@@ -60,7 +60,7 @@ def test_classification_of_generations():
 
 def test_the_filter_keeps_every_original_answer_of_the_sandbox_world():
     """No false positives: the world's own English answers are never called degenerate with the sandbox settings."""
-    from cft_utils.sandbox import World
+    from cft_utils.sandbox.world import World
 
     cfg = load_config("sandbox")
     spec = cfg.mitigation.replay.generation

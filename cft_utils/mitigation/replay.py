@@ -24,12 +24,16 @@ A replay set is saved with ``datasets.Dataset.save_to_disk`` under ``$CFT_HOME/r
 the content id hashes the model run id, the pool's fingerprint, the size, the seed and the generation settings
 (not the batch size: a left-padded row decodes like the row alone).
 
+The strategies ``strategies/gr.py`` and ``strategies/er.py`` are :class:`ReplayStrategy` subclasses: the
+shared settings (``mitigation.replay``: counterparts and generation) are resolved into each run's parameters when
+it is planned, and the replay set is built from those.
+
 Example::
 
-    from cft_utils import config, replay, train
-    cfg = config.load_config("sandbox")
-    plan = train.plan_runs(cfg)
-    run = plan.get("phase2/tiny-llama/Instruct->multialpaca")
+    from cft_utils.config import load_config
+    from cft_utils.mitigation import plan, replay
+    cfg = load_config("sandbox")
+    run = next(r for r in plan.plan_mitigations(cfg) if r.strategy == "GR_5")
     records, info = replay.replay_mix(cfg, run, "GR", 5)   # 5 % of the Phase 2 set, answered by Instruct
 """
 
@@ -40,13 +44,21 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from .config import ExperimentConfig, GenerationSpec
-from .io import read_json, write_json
-from .paths import cft_home
-from .runs import run_id as content_id
+from pydantic import Field, field_validator
+
+from .. import models
+from ..config import CounterpartSpec, ExperimentConfig, GenerationSpec
+from ..data.loaders import dataset_fingerprint, load_records
+from ..io import read_json, write_json
+from ..models import Generation
+from ..paths import cft_home
+from ..plan import model_spec
+from ..runs import RunPlan
+from ..runs import run_id as content_id
+from .base import Cell, Hooks, Parameters, TrainingStrategy
 
 
 class ReplayError(RuntimeError):
@@ -63,13 +75,8 @@ def replay_size(n_phase2: int, percent: float) -> int:
     return int(math.floor(n_phase2 * percent / 100 + 0.5))
 
 
-def _counterpart_records(cfg: ExperimentConfig, phase2_key: str) -> tuple[list[dict], str]:
-    from .data import load_records
-
-    mit = cfg.mitigation
-    if mit is None or phase2_key not in mit.replay.counterparts:
-        raise ReplayError(f"{cfg.source_file}: mitigation.replay.counterparts has no entry for {phase2_key!r}")
-    spec = mit.replay.counterparts[phase2_key]
+def counterpart_records(cfg: ExperimentConfig, phase2_key: str, spec: CounterpartSpec) -> tuple[list[dict], str]:
+    """The records of a Phase 2 set's counterpart dataset (a key of ``datasets`` or an inline spec) and the link."""
     if isinstance(spec.dataset, str):
         return load_records(cfg, spec.dataset), spec.link
     key = f"{phase2_key}__counterparts"
@@ -118,54 +125,6 @@ def seeded_order(pool: Sequence[dict], seed: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Generation:
-    """One generated answer: its text and whether decoding stopped at EOS (False: hit max_new_tokens)."""
-
-    text: str
-    finished: bool
-
-
-def hf_generate(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int,
-                progress: bool = True) -> list[Generation]:
-    """Greedy answers to chat prompts with transformers: batched, left-padded, with a tqdm progress bar.
-
-    Prompts are sorted by length so batches waste little padding; results come back in the input order.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out: list[Generation | None] = [None] * len(texts)
-    model.eval()
-    try:
-        with tqdm(total=len(texts), desc="replay generation", unit="prompt", disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(model.device) for k, v in enc.items()}
-                with torch.no_grad():
-                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                         pad_token_id=pad, eos_token_id=eos)
-                new = gen[:, enc["input_ids"].shape[1]:]
-                for row, i in enumerate(idx):
-                    tokens = new[row].tolist()
-                    finished = eos in tokens
-                    if finished:
-                        tokens = tokens[:tokens.index(eos)]
-                    out[i] = Generation(tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished)
-                bar.update(len(idx))
-    finally:
-        tokenizer.padding_side = side
-    return out  # type: ignore[return-value]
 
 
 def vllm_generate(model_dir: str | Path, prompts: Sequence[list[dict]], max_new_tokens: int, seed: int,
@@ -283,32 +242,35 @@ def load_replay_set(path: Path) -> tuple[list[dict], dict]:
     return [dict(r) for r in load_from_disk(str(path))], read_json(path / "provenance.json")
 
 
-def build_replay_set(cfg: ExperimentConfig, run, kind: str, percent: float, progress: bool = True
+def build_replay_set(cfg: ExperimentConfig, run: RunPlan, kind: str, percent: float, progress: bool = True
                      ) -> tuple[list[dict], dict]:
-    """The GR or ER set for a Phase 2 ``run`` (a RunPlan of that cell): built once, then read from disk.
+    """The GR or ER set of a replay run (a planned mitigation run): built once, then read from disk.
 
-    ``run.extra["parent"]`` is the Phase 1 model that answers (GR); ``run.data_key`` the Phase 2 set.
-    """
-    from .data import dataset_fingerprint, load_records
-
+    ``run.parent`` is the Phase 1 model that answers (GR); ``run.data_key`` the Phase 2 set; the counterpart
+    source, the seed and the generation settings come from the run's parameters (``run.variant.params``)."""
     if kind not in ("GR", "ER"):
         raise ValueError(f"kind must be 'GR' or 'ER', got {kind!r}")
-    mit = cfg.mitigation
-    parent = run.extra["parent"]
+    params = run.variant.params
+    parent = run.parent
+    if params.get("counterparts") is None:
+        raise ReplayError(f"{cfg.source_file}: mitigation.replay.counterparts has no entry for {run.data_key!r}")
+    seed = params["replay_seed"]
     phase2 = load_records(cfg, run.data_key)
-    counterparts, link = _counterpart_records(cfg, run.data_key)
+    counterparts, link = counterpart_records(cfg, run.data_key, CounterpartSpec(**params["counterparts"]))
     pool = english_pool(phase2, counterparts, link, where=f"{cfg.source_file}: {run.data_key}")
     n = replay_size(len(phase2), percent)
-    gen = mit.replay.generation
     identity = {"kind": kind, "phase2": run.data_key, "phase2_fingerprint": dataset_fingerprint(phase2),
-                "pool_fingerprint": dataset_fingerprint(pool), "link": link, "n": n, "seed": mit.seed}
+                "pool_fingerprint": dataset_fingerprint(pool), "link": link, "n": n, "seed": seed}
+    gen = None
     if kind == "GR":
-        identity |= {"model_run": parent.run_id, "generation": gen.model_dump(exclude={"batch_size"})}
+        # batch_size does not change the answers (a left-padded row decodes like the row alone): not in the id
+        gen = GenerationSpec(**params["generation"], batch_size=cfg.mitigation.replay.generation.batch_size)
+        identity |= {"model_run": parent.run_id, "generation": params["generation"]}
     cid = content_id(identity, f"{kind.lower()}")
     out = replay_dir(cid)
     if (out / "provenance.json").exists():
         return load_replay_set(out)
-    ordered = seeded_order(pool, mit.seed)
+    ordered = seeded_order(pool, seed)
     t0 = time.time()
     name = f"replay_{kind.lower()}_{run.data_key}"
     if kind == "ER":
@@ -316,7 +278,7 @@ def build_replay_set(cfg: ExperimentConfig, run, kind: str, percent: float, prog
     else:
         if not parent.done():
             raise ReplayError(f"GR needs the Phase 1 model {parent.name} ({parent.run_id}); train it first")
-        generate = _generator(cfg, parent, gen, mit.seed, progress)
+        generate = _generator(cfg, parent, gen, seed, progress)
         records, counts = generate_replay(ordered, n, generate, gen, name)
     if len(records) != n or any(r["language"] != "en" for r in records):
         raise ReplayError(f"replay set has {len(records)} records (promised {n}) or non-English ones")
@@ -328,23 +290,21 @@ def build_replay_set(cfg: ExperimentConfig, run, kind: str, percent: float, prog
     return records, prov
 
 
-def _generator(cfg, parent, gen: GenerationSpec, seed: int, progress: bool):
-    from .train import load_model, load_tokenizer
-
-    mspec = next(m for m in cfg.models if m.name == parent.model)
+def _generator(cfg: ExperimentConfig, parent: RunPlan, gen: GenerationSpec, seed: int, progress: bool):
+    mspec = model_spec(cfg, parent.model)
     if gen.backend == "vllm":
         return lambda prompts: vllm_generate(parent.model_dir, prompts, gen.max_new_tokens, seed,
                                              mspec.trust_remote_code)
     import torch
 
-    tok = load_tokenizer(parent.model_dir, mspec.trust_remote_code)
-    model = load_model(parent.model_dir, "bf16" if torch.cuda.is_available() else "fp32", mspec.trust_remote_code)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return lambda prompts: hf_generate(model, tok, prompts, gen.max_new_tokens, gen.batch_size, progress)
+    cuda = torch.cuda.is_available()
+    tok = models.load_tokenizer(parent.model_dir, trust_remote_code=mspec.trust_remote_code)
+    model = models.load_model(parent.model_dir, "bf16" if cuda else "fp32", trust_remote_code=mspec.trust_remote_code,
+                              device="cuda" if cuda else None)
+    return lambda prompts: models.generate(model, tok, prompts, gen.max_new_tokens, gen.batch_size, progress)
 
 
-def replay_mix(cfg: ExperimentConfig, run, kind: str, percent: float, progress: bool = True
+def replay_mix(cfg: ExperimentConfig, run: RunPlan, kind: str, percent: float, progress: bool = True
                ) -> tuple[list[dict], dict]:
     """The replay records to add to Phase 2 and the mix's make-up (sizes and languages), for provenance.
 
@@ -352,8 +312,6 @@ def replay_mix(cfg: ExperimentConfig, run, kind: str, percent: float, progress: 
     ``languages_phase2``, ``languages_replay`` and ``languages_mix`` (record counts per language), and the
     replay set's id, path and filter counts.
     """
-    from .data import load_records
-
     records, prov = build_replay_set(cfg, run, kind, percent, progress)
     phase2 = load_records(cfg, run.data_key)
     promised = replay_size(len(phase2), percent)
@@ -369,3 +327,106 @@ def replay_mix(cfg: ExperimentConfig, run, kind: str, percent: float, progress: 
             "replay_set": prov["content_id"], "replay_path": str(replay_dir(prov["content_id"])),
             "counts": prov["counts"], "model_run": prov.get("model_run"), "seed": prov["seed"]}
     return records, info
+
+
+# ------------------------------------------------------------------------------------------- the strategies
+
+
+Percent = Annotated[float, Field(gt=0, le=100)]
+
+
+class PercentsParams(Parameters):
+    """Replay shares: one run per k, adding k % of the Phase 2 set's size (rounded half up)."""
+
+    percents: list[Percent]
+
+    @field_validator("percents")
+    @classmethod
+    def _distinct(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"need distinct percents, at least one (duplicate labels otherwise): {v}")
+        return v
+
+
+class ReplayStrategy(TrainingStrategy):
+    """Base of the replay strategies: English records added to Phase 2, k % of its size per variant.
+
+    The shared settings (``mitigation.replay``: the counterpart source of each Phase 2 set and, for generative
+    replay, the generation settings) become part of each run's parameters when it is planned."""
+
+    adds_records = True
+    generative = False
+
+    def check(self, params, cfg: ExperimentConfig) -> None:
+        mit = cfg.mitigation
+        missing = sorted({c.data for c in mit.cells} - set(mit.replay.counterparts))
+        if missing:
+            raise ValueError(f"mitigation.replay.counterparts: no counterpart source for Phase 2 data {missing} "
+                             f"({self.name} needs the English counterparts)")
+
+    def variants(self, params, cell: Cell) -> list[tuple[str, dict]]:
+        mit = cell.cfg.mitigation
+        cp = mit.replay.counterparts.get(cell.baseline.data_key)
+        common = {"counterparts": cp.model_dump() if cp else None, "replay_seed": mit.seed}
+        if self.generative:
+            common["generation"] = mit.replay.generation.model_dump(exclude={"batch_size"})
+        return self.numbered(params.percents, "percent", **common)
+
+    def prepare(self, run: RunPlan, cfg: ExperimentConfig, progress: bool = True) -> Hooks:
+        """Build the replay set once (main process; the others wait and read it) and add it to Phase 2."""
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        percent = run.variant.params["percent"]
+        if state.is_main_process:  # generate once; the other ranks read the saved set
+            replay_mix(cfg, run, self.name, percent, progress)
+        state.wait_for_everyone()
+        records, mix = replay_mix(cfg, run, self.name, percent, progress=False)
+        return Hooks(extra_records=records, info={"replay": mix})
+
+    def summary(self, info: dict) -> dict:
+        r = info.get("replay", {})
+        return {k: r.get(k) for k in ("n_phase2", "n_replay", "n_total", "languages_mix", "replay_set")}
+
+
+# ------------------------------------------------------------------------------------------- notebook 07
+
+
+def replay_sets(cfg: ExperimentConfig, runs: Sequence[RunPlan], progress: bool = True):
+    """One row per replay run: its set's id, the Phase 2 size, the promised and delivered replay sizes, the share,
+    the language make-up of the mix and the generation checks (``gen_*`` counts). Builds missing sets."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        percent = run.variant.params["percent"]
+        _, info = replay_mix(cfg, run, run.variant.strategy, percent, progress)
+        rows.append({"run": run.name, "strategy": run.strategy, "replay_set": info["replay_set"],
+                     "n_phase2": info["n_phase2"], "promised": replay_size(info["n_phase2"], percent),
+                     "n_replay": info["n_replay"], "replay_share": round(info["replay_share"], 4),
+                     "languages_mix": info["languages_mix"], **{f"gen_{k}": v for k, v in info["counts"].items()}})
+    return pd.DataFrame(rows)
+
+
+def replay_examples(cfg: ExperimentConfig, runs: Sequence[RunPlan], n: int = 6, width: int = 90):
+    """What the Phase 1 model wrote: the first ``n`` answers of the first generative replay run, beside the
+    original English answer of the same instruction where an English replay run of the same cell sampled it."""
+    import pandas as pd
+
+    def generative(r):  # a generative replay run carries its generation settings
+        return "generation" in r.variant.params
+
+    gr = next((r for r in runs if generative(r)), None)
+    if gr is None:
+        return pd.DataFrame()
+    gr_records, _ = replay_mix(cfg, gr, gr.variant.strategy, gr.variant.params["percent"], progress=False)
+    er = next((r for r in runs if not generative(r) and r.phase2_data == gr.phase2_data), None)
+    originals = {}
+    if er is not None:
+        er_records, _ = replay_mix(cfg, er, er.variant.strategy, er.variant.params["percent"], progress=False)
+        originals = {r["replay_of"]: r["completion"][0]["content"] for r in er_records}
+    return pd.DataFrame([{"instruction": r["prompt"][-1]["content"][:width],
+                          f"Phase 1 model ({gr.strategy})": r["completion"][0]["content"][:width],
+                          "original (ER)": originals.get(r["replay_of"], "(not in the ER sample)")[:width],
+                          "check": r["replay_check"]} for r in gr_records[:n]])

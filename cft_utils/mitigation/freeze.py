@@ -1,10 +1,13 @@
-"""Layer freezing in Phase 2 (LF_H1, LF_H2), by layer or by attention head.
+"""Layer freezing in Phase 2 (LF_H1, LF_H2), by layer or by attention head: the mechanics the two freezing
+strategies (``strategies/lf_h1.py``, ``strategies/lf_h2.py``) share through :class:`FreezingStrategy`.
 
+* **The budget** — ``k`` layers (:func:`n_frozen_layers`: ``mitigation.freezing.n_layers``, or ``fraction`` of
+  the model's layers rounded half up), resolved once when runs are planned; it travels in each run's parameters.
 * **LF_H1** — a seeded random set of ``k`` decoder layers is frozen (the whole block, or only its q/k/v
-  projections: ``mitigation.freezing.h1_scope``).
+  projections: the strategy's ``scope``).
 * **LF_H2** — the ``k`` layers whose q_proj (and separately k_proj, v_proj) changed most from the base model to
-  the Phase 1 model are frozen, per projection (:func:`cft_utils.similarity.layer_change_ranking`, streamed from
-  safetensors). For the sandbox Instruct model the "base" is the sandbox base model it was trained from; for the
+  the Phase 1 model are frozen, per projection (:func:`select_lf_h2`, the one selector; streamed from
+  safetensors by :mod:`cft_utils.checkpoints`). For the sandbox Instruct model the "base" is the sandbox base model it was trained from; for the
   paper's Instruct models it is the matching base model (Mistral-7B -> Mistral-7B-Instruct).
 * **Per-head granularity** — instead of whole projections, the rows of the ``k x heads-per-layer`` most-changed
   heads (the same budget) are frozen: a hook on the parameter's gradient zeroes those rows, so neither the
@@ -32,7 +35,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .similarity import parse_param_name
+from ..checkpoints import open_checkpoint, parameter_difference, parse_param_name, rank_heads, rank_layers
+from ..config import ExperimentConfig
+from ..io import read_json
+from ..plan import phase1_model_dir, model_spec
+from ..runs import RunPlan
+from .base import Cell, Hooks, TrainingStrategy
 
 QKV = ("q_proj", "k_proj", "v_proj")
 
@@ -61,23 +69,6 @@ def select_lf_h1(num_layers: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(f"lf_h1-{seed}").sample(range(num_layers), k))
 
 
-def select_lf_h2(base_dir: str | Path, phase1_dir: str | Path, k: int, modules: Sequence[str] = QKV,
-                 measure: str = "absolute") -> tuple[dict[str, list[int]], object]:
-    """LF_H2: per module, the ``k`` layers that changed most from base to Phase 1 (most changed first)."""
-    from .similarity import layer_change_ranking
-
-    return layer_change_ranking(base_dir, phase1_dir, modules=modules, top_k=k, measure=measure)
-
-
-def select_lf_h2_heads(base_dir: str | Path, phase1_dir: str | Path, n_heads: int, modules: Sequence[str] = QKV,
-                       measure: str = "absolute") -> tuple[dict[str, list[tuple[int, int]]], object]:
-    """LF_H2 per head: per module, the ``n_heads`` (layer, head) pairs that changed most from base to Phase 1."""
-    from .similarity import parameter_difference, rank_heads
-
-    diff = parameter_difference(base_dir, phase1_dir, row_modules=modules)
-    return rank_heads(diff, modules, top_k=n_heads, measure=measure)
-
-
 @dataclass
 class FreezePlan:
     """What to freeze: whole tensors by (layer, module), whole blocks, and head rows by (module, layer, head).
@@ -97,14 +88,83 @@ class FreezePlan:
                 "heads": {m: [list(x) for x in v] for m, v in self.heads.items()}, **self.details}
 
 
-# ------------------------------------------------------------------------------------------- applying
-
-
-def _head_geometry(config) -> tuple[int, int, int]:
-    n_heads = int(config.num_attention_heads)
-    n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+def head_geometry(config) -> tuple[int, int, int]:
+    """(attention heads, key/value heads, head dimension) of a model config (a transformers config or a dict)."""
+    c = config if isinstance(config, Mapping) else config.to_dict()
+    n_heads = int(c["num_attention_heads"])
+    n_kv = int(c.get("num_key_value_heads") or n_heads)
+    head_dim = int(c.get("head_dim") or c["hidden_size"] // n_heads)
     return n_heads, n_kv, head_dim
+
+
+def select_lf_h2(base_dir: str | Path, phase1_dir: str | Path, k: int, modules: Sequence[str] = QKV,
+                 measure: str = "absolute", granularity: str = "layer") -> FreezePlan:
+    """LF_H2, the one selector: per module, the ``k`` layers whose weights changed most from base to Phase 1
+    (most changed first; ``granularity="layer"``), or the ``k x heads-per-layer`` most-changed (layer, head) pairs
+    (``"head"``: the same budget in heads). Streams both checkpoints; ``details["ranking"]`` holds the table."""
+    if granularity not in ("layer", "head"):
+        raise ValueError(f"granularity must be layer or head, got {granularity!r}")
+    diff = parameter_difference(base_dir, phase1_dir, row_modules=tuple(modules))
+    num_layers = diff.config_a.get("num_hidden_layers")
+    details = {"k": k, "num_layers": num_layers, "base": str(base_dir), "measure": measure}
+    if granularity == "layer":
+        ranking, table = rank_layers(diff, modules, top_k=k, measure=measure)
+        return FreezePlan("LF_H2", modules=ranking, details={**details, "ranking": table.to_dict("records")})
+    n_heads, n_kv, _ = head_geometry(diff.config_a)
+    heads, tables = {}, []
+    for m in modules:
+        ranking, table = rank_heads(diff, [m], top_k=k * (n_heads if m == "q_proj" else n_kv), measure=measure)
+        heads[m] = ranking[m]
+        tables.append(table)
+    import pandas as pd
+
+    return FreezePlan("LF_H2-head", heads=heads, details={
+        **details, "heads_per_module": {m: len(v) for m, v in heads.items()},
+        "ranking": pd.concat(tables, ignore_index=True).to_dict("records")})
+
+
+def model_layer_count(path: str | Path) -> int:
+    """``num_hidden_layers`` of a local model folder's ``config.json``."""
+    return int(read_json(Path(path) / "config.json")["num_hidden_layers"])
+
+
+def known_layer_count(cfg: ExperimentConfig, model_name: str, fetch: bool = False) -> int | None:
+    """The decoder layer count of a profile's model, from what is known without compute: the sandbox model spec,
+    a local folder's config, the hub cache (or, with ``fetch``, the hub's config.json); None when unknown."""
+    m = model_spec(cfg, model_name)
+    if m.base == "sandbox":
+        return cfg.sandbox.model.num_layers
+    local = Path(m.base).expanduser()
+    if (local / "config.json").exists():
+        return model_layer_count(local)
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        hit = try_to_load_from_cache(m.base, "config.json", revision=m.revision)
+        if not isinstance(hit, str) and fetch:
+            hit = hf_hub_download(m.base, "config.json", revision=m.revision)
+        return int(read_json(Path(hit))["num_hidden_layers"]) if isinstance(hit, str) else None
+    except Exception:  # offline and not cached: the budget is checked when the model is loaded
+        return None
+
+
+def planned_budget(cfg: ExperimentConfig, model_name: str) -> int:
+    """The number of layers ``mitigation.freezing`` freezes in ``model_name`` (resolved once, when planning):
+    ``n_layers`` as given (checked against the model when its size is known), or ``fraction`` of its layers."""
+    f = cfg.mitigation.freezing
+    n = known_layer_count(cfg, model_name, fetch=f.fraction is not None)
+    if n is None:
+        if f.n_layers is None:
+            raise ValueError(f"mitigation.freezing.fraction: the layer count of {model_name} is unknown offline "
+                             "(download the model or give n_layers)")
+        return f.n_layers
+    try:
+        return n_frozen_layers(n, f.n_layers, f.fraction)
+    except ValueError as e:
+        raise ValueError(f"mitigation.freezing: {e} ({model_name})") from None
+
+
+# ------------------------------------------------------------------------------------------- applying
 
 
 def head_rows(module: str, head: int, head_dim: int) -> slice:
@@ -156,7 +216,7 @@ def apply_freeze(model, plan: FreezePlan) -> FreezeReport:
         if lst and not any(parse_param_name(n)[1] == module for n in frozen):
             raise ValueError(f"{plan.strategy}: the model has no {module!r} tensors to freeze")
     if plan.heads:
-        n_heads, n_kv, head_dim = _head_geometry(model.config)
+        n_heads, n_kv, head_dim = head_geometry(model.config)
         for module, pairs in plan.heads.items():
             limit = n_heads if module == "q_proj" else n_kv
             for layer, head in pairs:
@@ -299,8 +359,6 @@ def verify_frozen(before_dir: str | Path, after_dir: str | Path, report: dict) -
     """
     import torch
 
-    from .similarity import open_checkpoint
-
     a, b = open_checkpoint(before_dir), open_checkpoint(after_dir)
     differ, checked, checked_rows = [], 0, 0
 
@@ -322,3 +380,58 @@ def verify_frozen(before_dir: str | Path, after_dir: str | Path, report: dict) -
                 differ.append(f"{name}[{s}:{e}]")
     return {"frozen_tensors_checked": checked, "masked_rows_checked": checked_rows, "differ": differ,
             "bit_identical": not differ}
+
+
+# ------------------------------------------------------------------------------------------- the strategies' base
+
+
+class FreezingStrategy(TrainingStrategy):
+    """Base of the layer-freezing strategies: the frozen budget (``mitigation.freezing``, shared so that every
+    freezing strategy freezes the same number of layers) is resolved when planning and carried in the run's
+    parameters as ``n_frozen_layers``; a subclass chooses *which* layers (:meth:`freeze_plan`).
+
+    Training: a model hook applies the plan, a callback checks the optimizer and restores masked rows, and after
+    training both checkpoints are streamed to check every frozen tensor is bit-identical."""
+
+    def budget(self, cell: Cell) -> dict:
+        """The shared budget, resolved for the cell's model: ``n_frozen_layers`` and ``modules``."""
+        return {"n_frozen_layers": planned_budget(cell.cfg, cell.model),
+                "modules": list(cell.cfg.mitigation.freezing.modules)}
+
+    def freeze_plan(self, run: RunPlan, cfg: ExperimentConfig) -> FreezePlan:
+        """What ``run`` freezes, from its parameters (``n_frozen_layers``, ...) and its Phase 1 model."""
+        raise NotImplementedError
+
+    def prepare(self, run: RunPlan, cfg: ExperimentConfig, progress: bool = True) -> Hooks:
+        plan = self.freeze_plan(run, cfg)
+        check_distributed_support(plan)
+        hooks = Hooks(info={"plan": plan.to_dict()})
+
+        def hook(model):
+            hooks.state["report"] = apply_freeze(model, plan)
+
+        hooks.model_hook = hook
+        hooks.callbacks = [FreezeCallback(hooks.state)]
+        return hooks
+
+    def finish(self, run: RunPlan, cfg: ExperimentConfig, hooks: Hooks, main_process: bool) -> None:
+        if "report" not in hooks.state:
+            return
+        rep = hooks.state["report"].to_dict()
+        hooks.info["freeze"] = {k: v for k, v in rep.items() if k not in ("frozen", "masked")}
+        hooks.info["frozen_tensors"] = rep["frozen"]
+        hooks.info["masked_rows"] = rep["masked"]
+        hooks.info["optimizer"] = hooks.state.get("optimizer", {})
+        if main_process:
+            check = verify_frozen(phase1_model_dir(cfg, run.parent), run.model_dir, rep)
+            hooks.info["verification"] = check
+            if not check["bit_identical"]:
+                raise RuntimeError(f"{run.name}: frozen weights changed in Phase 2: {check['differ'][:5]}")
+
+    def summary(self, info: dict) -> dict:
+        if "verification" not in info:
+            return {}
+        return {"frozen_tensors": len(info["frozen_tensors"]), "frozen_params": info["freeze"]["n_frozen_params"],
+                "masked_params": info["freeze"]["n_masked_params"],
+                "bit_identical": info["verification"]["bit_identical"],
+                "optimizer_tensors": info["optimizer"].get("end", {}).get("optimizer_tensors")}

@@ -18,62 +18,23 @@ needed is a few chunks (``chunk_elems`` elements). Values are computed in float6
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
-import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .similarity import DEFAULT_CHUNK_ELEMS, SAFE_INDEX, Checkpoint, open_checkpoint, parse_param_name
+from ..checkpoints import (
+    DEFAULT_CHUNK_ELEMS,
+    SAFE_INDEX,
+    Checkpoint,
+    open_checkpoint,
+    parameter_difference,
+    parse_param_name,
+    write_streamed,
+)
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1}
 _COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
 REVERSIBLE_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-def _tensor_bytes(t) -> bytes:
-    import torch
-
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
-        return t.view(torch.int16).numpy().tobytes()
-    return t.numpy().tobytes()
-
-
-def write_streamed(out_file: Path, specs: list[tuple[str, str, tuple[int, ...]]],
-                   chunks: Callable[[str], Iterable], metadata: dict | None = None) -> None:
-    """Write a safetensors file whose tensors (name, dtype, shape) come as row chunks from ``chunks(name)``.
-
-    The header (offsets from the shapes) goes first, then each tensor's bytes in order; the byte count of every
-    tensor is checked. Written to a temporary name and renamed, so a crash leaves no half file.
-    """
-    header, offset = {}, 0
-    for name, dtype, shape in specs:
-        if dtype not in _DTYPE_BYTES:
-            raise ValueError(f"tensor {name!r}: unsupported dtype {dtype}")
-        n = math.prod(shape) * _DTYPE_BYTES[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    tmp = out_file.with_name(out_file.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name, dtype, shape in specs:
-            want, wrote = math.prod(shape) * _DTYPE_BYTES[dtype], 0
-            for c in chunks(name):
-                b = _tensor_bytes(c)
-                f.write(b)
-                wrote += len(b)
-            if wrote != want:
-                raise RuntimeError(f"tensor {name!r}: wrote {wrote} bytes, expected {want}")
-    tmp.replace(out_file)
 
 
 def _check_compatible(a: Checkpoint, b: Checkpoint) -> None:
@@ -137,8 +98,6 @@ def reversion_units(p1_dir: str | Path, p2_dir: str | Path, criterion: str = "re
                     granularity: str = "module", kinds=REVERSIBLE_KINDS):
     """Rank the units of the Phase 2 update (streamed): a DataFrame with unit, layer, module, update (l2),
     p1_norm, relative, score, rank, and the tensors each unit covers; most-moved first."""
-    from .similarity import parameter_difference
-
     if criterion not in ("relative_update", "absolute_update"):
         raise ValueError(f"criterion must be relative_update or absolute_update, got {criterion!r}")
     if granularity not in ("module", "layer"):
