@@ -5,7 +5,7 @@ Builds two pairs of synthetic LLaMA-style checkpoints in bf16, sharded, at 1x an
 subprocess, how far the peak resident set (``VmHWM`` in ``/proc/self/status``, reset through
 ``/proc/self/clear_refs`` after imports) rises while computing the parameter difference:
 
-* ``streaming``: ``cft_utils.similarity.parameter_difference`` (one row-chunk of one tensor at a time);
+* ``streaming``: ``cft_utils.checkpoints.parameter_difference`` (one row-chunk of one tensor at a time);
 * ``full-load``: a control that loads both checkpoints whole with ``safetensors.torch.load_file``, to show
   the measurement does see memory that grows with the model.
 
@@ -86,7 +86,7 @@ def measure(mode: str, dir_a: str, dir_b: str, chunk_elems: int) -> dict:
     import torch  # noqa: F401  (imported before the baseline so import cost is not counted)
     from safetensors.torch import load_file
 
-    from cft_utils.similarity import parameter_difference
+    from cft_utils.checkpoints import parameter_difference
 
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     baseline = _status_kib("VmRSS")
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("MODE", "DIR_A", "DIR_B"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from cft_utils.similarity import DEFAULT_CHUNK_ELEMS
+    from cft_utils.checkpoints import DEFAULT_CHUNK_ELEMS
 
     chunk = args.chunk_elems or DEFAULT_CHUNK_ELEMS
     if args.child:

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cft_utils import geometry as g
+from cft_utils.analysis.geometry import capture as cap
+from cft_utils.analysis.geometry import covariance as covm
+from cft_utils.analysis.geometry import profiles as profm
+from cft_utils.analysis.geometry import study
 
 PROMPTS = ["reverse the list : a , b .", "the cat sees the dog .", "how many words : red , blue , green ?",
            "le chat", "count : one two three four five six"]
@@ -20,37 +23,37 @@ PROMPTS = ["reverse the list : a , b .", "the cat sees the dog .", "how many wor
 
 def test_layer_profile_matches_direct_computation_and_caches(tiny_model_dir, tmp_path, monkeypatch):
     d = tiny_model_dir("llama")
-    prof = g.layer_profile(d, None, PROMPTS, batch_size=2, device="cpu", progress=False)
-    acts = g.capture_activations(d, None, PROMPTS, batch_size=2, device="cpu", progress=False)
+    prof = profm.layer_profile(d, None, PROMPTS, batch_size=2, device="cpu", progress=False)
+    acts = cap.capture_activations(d, None, PROMPTS, batch_size=2, device="cpu", progress=False)
     np.testing.assert_array_equal(prof.activations, acts)
     for cov, layer_acts in zip(prof.covariances, acts, strict=True):
         np.testing.assert_allclose(cov, np.cov(layer_acts.astype(np.float64), rowvar=False), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(prof.means, acts.astype(np.float64).mean(axis=1))
-    self_cmp = g.compare_profiles(prof, prof)
+    self_cmp = profm.compare_profiles(prof, prof)
     assert (self_cmp[["frobenius", "spectral", "euclidean"]] == 0).all().all()
     assert np.allclose(self_cmp["cka"], 1.0)
 
-    cached = g.profile_models([d], PROMPTS, cache_root=tmp_path, batch_size=2, device="cpu", progress=False)[str(d)]
+    cached = profm.profile_models([d], PROMPTS, cache_root=tmp_path, batch_size=2, device="cpu", progress=False)[str(d)]
     np.testing.assert_array_equal(cached.activations, acts)
     assert isinstance(cached.activations, np.memmap) and (next(tmp_path.iterdir()) / "meta.json").exists()
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(g, "_activation_batches", boom)
-    monkeypatch.setattr(g, "load_model", boom)  # a cache hit loads no model either
-    again = g.profile_models([d], PROMPTS, cache_root=tmp_path, batch_size=3, device="cpu")[str(d)]
+    monkeypatch.setattr(cap, "activation_batches", boom)
+    monkeypatch.setattr(cap, "load_model", boom)  # a cache hit loads no model either
+    again = profm.profile_models([d], PROMPTS, cache_root=tmp_path, batch_size=3, device="cpu")[str(d)]
     np.testing.assert_array_equal(again.covariances[1], cached.covariances[1])
     with pytest.raises(AssertionError, match="recomputed"):  # another position is another profile
-        g.profile_models([d], PROMPTS, cache_root=tmp_path, position="last", device="cpu")
+        profm.profile_models([d], PROMPTS, cache_root=tmp_path, position="last", device="cpu")
     monkeypatch.undo()
 
-    other = g.layer_profile(tiny_model_dir("llama", seed=1), None, PROMPTS, device="cpu", progress=False)
-    diff = g.compare_profiles(prof, other)
+    other = profm.layer_profile(tiny_model_dir("llama", seed=1), None, PROMPTS, device="cpu", progress=False)
+    diff = profm.compare_profiles(prof, other)
     assert (diff["spectral"] > 0).all() and (diff["frobenius"] >= diff["spectral"] - 1e-12).all()
     assert (diff["cka"] < 1).all()
     with pytest.raises(ValueError, match="different prompt sets"):
-        g.compare_profiles(prof, g.layer_profile(d, None, PROMPTS[:4], device="cpu", progress=False))
+        profm.compare_profiles(prof, profm.layer_profile(d, None, PROMPTS[:4], device="cpu", progress=False))
 
 
 def _summary(sim, dis):
@@ -60,12 +63,12 @@ def _summary(sim, dis):
 
 
 def test_drift_verdict_is_computed_from_the_numbers():
-    (more,) = g.drift_verdict(_summary([1, 1, 1, 0.1], [2, 3, 4, 0.2]))
+    (more,) = study.drift_verdict(_summary([1, 1, 1, 0.1], [2, 3, 4, 0.2]))
     assert "drifts more than" in more and "4 of 4" in more and "as the paper reports" in more
     assert "3 vs 1 (3×)" in more
-    (less,) = g.drift_verdict(_summary([2, 3, 4, 0.2], [1, 1, 1, 0.1]))
+    (less,) = study.drift_verdict(_summary([2, 3, 4, 0.2], [1, 1, 1, 0.1]))
     assert "drifts less than" in less and "0 of 4" in less
-    (mixed,) = g.drift_verdict(_summary([1, 3, 1, np.nan], [2, 1, 1, 0.3]))
+    (mixed,) = study.drift_verdict(_summary([1, 3, 1, np.nan], [2, 1, 1, 0.3]))
     assert "does not clearly drift more" in mixed and "1 of 3" in mixed and "Not computable: mean 1 − CKA" in mixed
 
 
@@ -99,10 +102,11 @@ NOTEBOOK_CAPTURE = dict(position="mean", chat=False, batch_size=8, max_length=51
 @pytest.fixture
 def smoke_env(smoke_geometry, monkeypatch):
     monkeypatch.setenv("CFT_HOME", str(smoke_geometry[0]))
-    from cft_utils import config, train
+    from cft_utils import config
+    from cft_utils.plan import plan_runs
 
     cfg = config.load_config("smoke")
-    return cfg, train.plan_runs(cfg)
+    return cfg, plan_runs(cfg)
 
 
 def _no_forward_pass(*a, **k):
@@ -157,33 +161,34 @@ def test_notebook_09_writes_figures_tables_and_states_the_verdict(smoke_geometry
 
 @pytest.mark.slow
 def test_comparison_tables_on_the_smoke_grid(smoke_env, monkeypatch):
-    from cft_utils import paths, prompt_sets
+    from cft_utils import paths
+    from cft_utils.analysis import prompt_sets
 
     cfg, plan = smoke_env
     prompts = prompt_sets.geometry_prompts(cfg)
-    pairs = g.drift_pairs(cfg, plan)
+    pairs = study.drift_pairs(cfg, plan)
     assert [(p.model, p.pair, p.label) for p in pairs] == [
         ("tiny-llama", "similar", "alpaca → multialpaca"), ("tiny-llama", "dissimilar", "Instruct → multialpaca")]
     assert pairs[1].phase1.name == "phase1/tiny-llama/Instruct" and pairs[0].sources()["base"] == pairs[1].base
     sources = [s for p in pairs for s in p.sources().values()]
     # The notebook's cache holds every profile: building the tables costs no forward pass.
     with monkeypatch.context() as mp:
-        mp.setattr(g, "_activation_batches", _no_forward_pass)
-        profiles = g.profile_models(sources, prompts, cache_root=paths.cft_home() / "geometry", **NOTEBOOK_CAPTURE)
+        mp.setattr(cap, "activation_batches", _no_forward_pass)
+        profiles = profm.profile_models(sources, prompts, cache_root=paths.cft_home() / "geometry", **NOTEBOOK_CAPTURE)
     assert len(profiles) == 5  # one base shared by both pairs
-    table = g.drift_table(pairs, profiles)
-    assert list(table.columns) == g.LAYER_COLUMNS and len(table) == 2 * 2 * 3
+    table = study.drift_table(pairs, profiles)
+    assert list(table.columns) == study.LAYER_COLUMNS and len(table) == 2 * 2 * 3
     # Independent recomputation of one cell: P2 vs base of the dissimilar pair, last layer.
     p = pairs[1].sources()
-    cov_p2, cov_base = (g.layer_covariances(p[k], None, prompts, layers=[-1], device="cpu", progress=False,
+    cov_p2, cov_base = (covm.layer_covariances(p[k], None, prompts, layers=[-1], device="cpu", progress=False,
                                             **NOTEBOOK_CAPTURE)[0] for k in ("P2", "base"))
     row = table[(table["pair"] == "dissimilar") & (table["comparison"] == "P2 vs base") & (table["layer"] == 2)]
     assert row["spectral"].item() == pytest.approx(np.linalg.norm(cov_p2 - cov_base, 2), rel=1e-6)
     assert row["frobenius"].item() == pytest.approx(np.linalg.norm(cov_p2 - cov_base), rel=1e-6)
-    points, sep = g.trajectory_frames(pairs, profiles)
+    points, sep = study.trajectory_frames(pairs, profiles)
     assert len(points) == 2 * 2 * 3 and set(points["checkpoint"]) == {"Phase 1", "Phase 2"}
     assert (sep["separation"] > 0).all() and list(sep["pair"]) == ["similar", "dissimilar"]
-    summary = g.drift_summary(sep, table)
+    summary = study.drift_summary(sep, table)
     assert summary.set_index("pair").loc["similar", "mean_spectral"] == pytest.approx(
         table[(table["pair"] == "similar") & (table["comparison"] == "P2 vs P1")]["spectral"].mean())
 
@@ -191,34 +196,35 @@ def test_comparison_tables_on_the_smoke_grid(smoke_env, monkeypatch):
 @pytest.mark.slow
 def test_mitigation_runs_are_picked_up_when_done(smoke_env):
     from cft_utils import paths
+    from cft_utils.analysis.prompt_sets import geometry_prompts
     from cft_utils.io import write_json
-    from cft_utils.prompt_sets import geometry_prompts
+    from cft_utils.mitigation.plan import plan_mitigations
 
     cfg, plan = smoke_env
     baseline = next(r for r in plan.phase2 if r.phase1_data == "Instruct" and r.phase2_data == "multialpaca")
-    assert g.mitigation_runs(cfg, plan, "tiny-llama") == [
+    planned = {r.strategy: r for r in plan_mitigations(cfg, plan) if r.baseline.run_id == baseline.run_id}
+    gr5, lf_h2 = planned["GR_5"], planned["LF_H2"]
+    if gr5.dir.exists() or lf_h2.dir.exists():
+        pytest.skip("another test trained the smoke mitigation runs in the shared CFT_HOME")
+    assert study.mitigation_runs(cfg, plan, "tiny-llama") == [
         ("Instruct → multialpaca (no mitigation)", baseline.model_dir)]
-    # A finished GR_5 run whose id also hashes other settings (as the mitigation notebook may do); same weights
-    # as the baseline here, so its curves must equal the baseline's.
-    fake = baseline.dir.parent / "p2-fakegr5"
+    # A finished GR_5 run of the mitigation plan (same weights as the baseline here, so its curves must equal the
+    # baseline's), and an LF_H2 run with weights but no DONE marker (unfinished: left out).
     try:
-        shutil.copytree(baseline.model_dir, fake / "model")
-        write_json(fake / "run.json", {"resolved": {**baseline.resolved, "strategy": "gr_5", "replay_pct": 5}})
-        (fake / "DONE").write_text("{}")
-        other = baseline.dir.parent / "p2-unfinished"
-        shutil.copytree(fake, other, ignore=shutil.ignore_patterns("DONE"))
-        write_json(other / "run.json", {"resolved": {**baseline.resolved, "strategy": "LF_H2"}})
-        entries = g.mitigation_runs(cfg, plan, "tiny-llama")
+        shutil.copytree(baseline.model_dir, gr5.model_dir)
+        write_json(gr5.dir / "DONE", {"run_id": gr5.run_id})
+        shutil.copytree(baseline.model_dir, lf_h2.model_dir)
+        entries = study.mitigation_runs(cfg, plan, "tiny-llama")
         assert [label for label, _ in entries] == ["Instruct → multialpaca (no mitigation)", "GR_5"]
-        assert entries[1][1] == fake / "model"
-        refs = g.mitigation_references(cfg, plan, "tiny-llama")
-        assert refs["P1"] == str(baseline.extra["parent"].model_dir)
+        assert entries[1][1] == gr5.model_dir
+        refs = study.mitigation_references(cfg, plan, "tiny-llama")
+        assert refs["P1"] == str(baseline.parent.model_dir)
         # Base, Phase 1 and baseline come from the notebook's cache; only the new run is profiled.
-        c4 = g.mitigation_drift(entries, refs, geometry_prompts(cfg), model="tiny-llama",
-                                cache_root=paths.cft_home() / "geometry", progress=False, **NOTEBOOK_CAPTURE)
+        c4 = study.mitigation_drift(entries, refs, geometry_prompts(cfg), model="tiny-llama",
+                                    cache_root=paths.cft_home() / "geometry", progress=False, **NOTEBOOK_CAPTURE)
         by_run = {k: v.sort_values(["comparison", "layer"]) for k, v in c4.groupby("run")}
         np.testing.assert_allclose(by_run["GR_5"]["spectral"], by_run[entries[0][0]]["spectral"], rtol=1e-6)
     finally:
-        for d in (fake, baseline.dir.parent / "p2-unfinished", *(paths.cft_home() / "geometry").glob("p2-fakegr5*")):
+        for d in (gr5.dir, lf_h2.dir, *(paths.cft_home() / "geometry").glob(f"{gr5.run_id}*")):
             shutil.rmtree(d, ignore_errors=True)
-    assert not os.path.exists(fake)
+    assert not os.path.exists(gr5.dir)

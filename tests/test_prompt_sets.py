@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cft_utils import prompt_sets as ps
+from cft_utils.analysis import prompt_sets as ps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mt_bench" / "question.jsonl"
 

@@ -12,7 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cft_utils import similarity as sim
+from cft_utils import checkpoints as ckpt
+from cft_utils.analysis import des as desm
+from cft_utils.analysis import encoders
+from cft_utils.analysis import mpd
+from cft_utils.analysis import similarity_plots as plots
 
 # ------------------------------------------------------------------------------------------------
 # DES helpers
@@ -85,42 +89,42 @@ def common_record(i: int, user: str, answer: str, lang: str = "en") -> dict:
 
 def test_record_texts_common_schema_and_fields():
     rec = common_record(0, "list the fruit", "apple pear")
-    assert sim.record_texts([rec]) == ["be brief\nlist the fruit\napple pear"]
-    assert sim.record_texts([rec], fields=("response",)) == ["apple pear"]
-    assert sim.record_texts([rec], fields=("instruction",)) == ["be brief\nlist the fruit"]
+    assert desm.record_texts([rec]) == ["be brief\nlist the fruit\napple pear"]
+    assert desm.record_texts([rec], fields=("response",)) == ["apple pear"]
+    assert desm.record_texts([rec], fields=("instruction",)) == ["be brief\nlist the fruit"]
 
 
 def test_record_texts_alpaca_style_and_strings():
     recs = [{"instruction": "Sort", "input": "b, a", "output": "a, b"},
             {"instruction": "Greet", "input": None, "output": "hi"}]
-    assert sim.record_texts(recs) == ["Sort\nb, a\na, b", "Greet\nhi"]
-    assert sim.record_texts(recs[:1], fields=("input",)) == ["b, a"]
+    assert desm.record_texts(recs) == ["Sort\nb, a\na, b", "Greet\nhi"]
+    assert desm.record_texts(recs[:1], fields=("input",)) == ["b, a"]
     with pytest.raises(ValueError, match=r"record 1.*hold no text"):
-        sim.record_texts(recs, fields=("input",))
-    assert sim.record_texts(["plain text"]) == ["plain text"]
+        desm.record_texts(recs, fields=("input",))
+    assert desm.record_texts(["plain text"]) == ["plain text"]
 
 
 @pytest.mark.parametrize(
     "records, fields, message",
     [
-        ([{"id": "x9", "prompt": [{"role": "user", "content": "hi"}]}], sim.DEFAULT_FIELDS, r"'x9'.*completion"),
-        ([{"foo": 1}], sim.DEFAULT_FIELDS, r"record 0.*keys are \['foo'\]"),
+        ([{"id": "x9", "prompt": [{"role": "user", "content": "hi"}]}], desm.DEFAULT_FIELDS, r"'x9'.*completion"),
+        ([{"foo": 1}], desm.DEFAULT_FIELDS, r"record 0.*keys are \['foo'\]"),
         ([{"instruction": "a", "output": "b"}], ("output",), r"unknown DES field"),
-        ([{"prompt": "not a list", "completion": []}], sim.DEFAULT_FIELDS, r"must be a list"),
+        ([{"prompt": "not a list", "completion": []}], desm.DEFAULT_FIELDS, r"must be a list"),
     ],
 )
 def test_record_texts_errors(records, fields, message):
     with pytest.raises(ValueError, match=message):
-        sim.record_texts(records, fields=fields)
+        desm.record_texts(records, fields=fields)
 
 
 def test_sample_is_seeded_and_order_free():
     texts = [f"sentence number {i}" for i in range(50)]
-    s1 = sim.sample_texts(texts, n=10, seed=3)
+    s1 = desm.sample_texts(texts, n=10, seed=3)
     assert len(s1) == 10 and set(s1) <= set(texts)
-    assert sim.sample_texts(list(reversed(texts)), n=10, seed=3) == s1
-    assert sim.sample_texts(texts, n=10, seed=4) != s1
-    assert sorted(sim.sample_texts(texts, n=None)) == sorted(texts)
+    assert desm.sample_texts(list(reversed(texts)), n=10, seed=3) == s1
+    assert desm.sample_texts(texts, n=10, seed=4) != s1
+    assert sorted(desm.sample_texts(texts, n=None)) == sorted(texts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,17 +135,17 @@ def test_sample_is_seeded_and_order_free():
 def test_des_hand_computed_value():
     enc = TableEncoder({"x": [1.0, 0.0], "y": [0.0, 1.0], "z": [3.0, 0.0]})
     # mean of A = (0.5, 0.5) -> (1, 1)/sqrt2; mean of B = (3, 0) -> (1, 0): DES = 1/sqrt2
-    r = sim.des(["x", "y"], ["z"], enc, n_boot=0)
+    r = desm.des(["x", "y"], ["z"], enc, n_boot=0)
     assert r.des == pytest.approx(1 / math.sqrt(2), abs=1e-12)
     assert math.isnan(r.ci_lo) and math.isnan(r.ci_hi)  # no bootstrap: missing, not 0
     assert (r.n_a, r.n_b) == (2, 1)
-    np.testing.assert_allclose(sim.dataset_embedding(["x", "y"], enc), [2**-0.5, 2**-0.5])
+    np.testing.assert_allclose(desm.dataset_embedding(["x", "y"], enc), [2**-0.5, 2**-0.5])
 
 
 def test_identical_datasets_score_one():
     rng = random.Random(0)
     texts = world_sentences(rng, "animals", 40)
-    r = sim.des(texts, list(texts), BagOfConceptsEncoder(), n=30, n_boot=200)
+    r = desm.des(texts, list(texts), BagOfConceptsEncoder(), n=30, n_boot=200)
     assert r.des == pytest.approx(1.0, abs=1e-12)
     assert r.ci_lo <= r.ci_hi <= 1.0 + 1e-12
     assert r.ci_lo < 1.0  # independent resamples of the sample: the interval shows the noise floor
@@ -152,8 +156,8 @@ def test_translation_beats_unrelated_with_language_agnostic_encoder():
     a = world_sentences(rng, "animals", 60)
     c = world_sentences(rng, "foods", 60)
     enc = BagOfConceptsEncoder()
-    same = sim.des(a, [to_fr(t) for t in a], enc, n_boot=0).des
-    other = sim.des(a, [to_fr(t) for t in c], enc, n_boot=0).des
+    same = desm.des(a, [to_fr(t) for t in a], enc, n_boot=0).des
+    other = desm.des(a, [to_fr(t) for t in c], enc, n_boot=0).des
     assert same == pytest.approx(1.0, abs=1e-9)  # exact translation under a perfectly agnostic encoder
     assert other < same - 0.05
 
@@ -166,7 +170,7 @@ def test_des_matrix_is_order_invariant_and_encodes_once():
         "plain": world_sentences(rng, "foods", 25),
     }
     enc = BagOfConceptsEncoder()
-    tidy, matrix = sim.des_matrix(data, enc, n=20, n_boot=100, seed=5)
+    tidy, matrix = desm.des_matrix(data, enc, n=20, n_boot=100, seed=5)
     assert enc.calls == 3
     assert list(tidy.columns) == ["a", "b", "des", "ci_lo", "ci_hi", "n_a", "n_b"]
     assert len(tidy) == 6  # 3 diagonal + 3 pairs
@@ -179,12 +183,12 @@ def test_des_matrix_is_order_invariant_and_encodes_once():
     assert (diag.ci_hi < 1.0).all()  # resampling noise only lowers a cosine: the documented bias
 
     shuffled = {k: random.Random(9).sample(list(v), len(v)) for k, v in data.items()}
-    tidy2, _ = sim.des_matrix(shuffled, BagOfConceptsEncoder(), n=20, n_boot=100, seed=5)
+    tidy2, _ = desm.des_matrix(shuffled, BagOfConceptsEncoder(), n=20, n_boot=100, seed=5)
     cols = ["des", "ci_lo", "ci_hi"]
     np.testing.assert_allclose(tidy2[cols].to_numpy(), tidy[cols].to_numpy(), atol=1e-12, rtol=0)
 
     # a pair's interval does not depend on the other datasets in the matrix
-    pair = sim.des(data["alpaca"], data["orca"], BagOfConceptsEncoder(), n=20, n_boot=100, seed=5)
+    pair = desm.des(data["alpaca"], data["orca"], BagOfConceptsEncoder(), n=20, n_boot=100, seed=5)
     row = tidy[(tidy.a == "alpaca") & (tidy.b == "orca")].iloc[0]
     assert (pair.des, pair.ci_lo, pair.ci_hi) == pytest.approx((row.des, row.ci_lo, row.ci_hi), abs=1e-12)
 
@@ -192,16 +196,16 @@ def test_des_matrix_is_order_invariant_and_encodes_once():
 def test_des_errors_name_the_dataset():
     enc = BagOfConceptsEncoder()
     with pytest.raises(ValueError, match="'empty' is empty"):
-        sim.des_matrix({"ok": ["a b"], "empty": []}, enc)
+        desm.des_matrix({"ok": ["a b"], "empty": []}, enc)
     with pytest.raises(ValueError, match=r"dataset 'bad': record 0"):
-        sim.des_matrix({"bad": [{"nope": 1}]}, enc)
+        desm.des_matrix({"bad": [{"nope": 1}]}, enc)
     with pytest.raises(ValueError, match="zero vector"):
-        sim.des(["x"], ["y"], TableEncoder({"x": [0.0, 0.0], "y": [1.0, 0.0]}), n_boot=0)
+        desm.des(["x"], ["y"], TableEncoder({"x": [0.0, 0.0], "y": [1.0, 0.0]}), n_boot=0)
 
 
 def test_heatmap_writes_png_and_pdf(tmp_path):
-    _, matrix = sim.des_matrix({"a": ["x y", "y z"], "b": ["x z"]}, BagOfConceptsEncoder(), n_boot=0)
-    paths = sim.plot_des_heatmap(matrix, tmp_path / "fig_des")
+    _, matrix = desm.des_matrix({"a": ["x y", "y z"], "b": ["x z"]}, BagOfConceptsEncoder(), n_boot=0)
+    paths = plots.plot_des_heatmap(matrix, tmp_path / "fig_des")
     assert [p.name for p in paths] == ["fig_des.png", "fig_des.pdf"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
     assert paths[1].read_bytes()[:4] == b"%PDF"
@@ -214,7 +218,7 @@ def test_heatmap_writes_png_and_pdf(tmp_path):
 
 @pytest.fixture(scope="module")
 def parallel_world(tmp_path_factory):
-    from cft_utils.tiny import build_causal_lm, save_model, train_bpe_tokenizer
+    from cft_utils.sandbox.tiny import build_causal_lm, save_model, train_bpe_tokenizer
 
     rng = random.Random(0)
     train_en = world_sentences(rng, "animals", 150) + world_sentences(rng, "foods", 150)
@@ -231,14 +235,14 @@ def test_trained_encoder_makes_translations_closest(parallel_world, tmp_path):
 
     rng = parallel_world["rng"]
     held_out = world_sentences(rng, "animals", 40) + world_sentences(rng, "foods", 40)
-    tr = sim._text_only_transformer(parallel_world["base"], 64)
+    tr = encoders.text_only_transformer(parallel_world["base"], 64)
     untrained = SentenceTransformer(modules=[tr, Pooling(tr.get_embedding_dimension(), "mean")], device="cpu")
-    acc_before = sim.translation_retrieval_accuracy(untrained, held_out, [to_fr(s) for s in held_out])
+    acc_before = encoders.translation_retrieval_accuracy(untrained, held_out, [to_fr(s) for s in held_out])
 
     out = tmp_path / "encoder"
-    enc = sim.train_parallel_encoder(parallel_world["pairs"], parallel_world["base"], out, epochs=3, seed=0)
-    info = sim.encoder_training_info(out)
-    acc_after = sim.translation_retrieval_accuracy(enc, held_out, [to_fr(s) for s in held_out])
+    enc = encoders.train_parallel_encoder(parallel_world["pairs"], parallel_world["base"], out, epochs=3, seed=0)
+    info = encoders.encoder_training_info(out)
+    acc_after = encoders.translation_retrieval_accuracy(enc, held_out, [to_fr(s) for s in held_out])
     print(f"encoder: trained {info['steps']} steps in {info['train_seconds']:.2f}s; "
           f"retrieval accuracy {acc_before:.2f} -> {acc_after:.2f}")
     assert acc_after > max(0.4, acc_before + 0.2)
@@ -246,20 +250,20 @@ def test_trained_encoder_makes_translations_closest(parallel_world, tmp_path):
 
     a = world_sentences(rng, "animals", 60)
     c = world_sentences(rng, "foods", 60)
-    same = sim.des(a, [to_fr(t) for t in a], enc, n_boot=200)
-    other = sim.des(a, [to_fr(t) for t in c], enc, n_boot=200)
+    same = desm.des(a, [to_fr(t) for t in a], enc, n_boot=200)
+    other = desm.des(a, [to_fr(t) for t in c], enc, n_boot=200)
     print(f"DES(A, fr(A)) = {same.des:.3f} [{same.ci_lo:.3f}, {same.ci_hi:.3f}]; "
           f"DES(A, fr(C)) = {other.des:.3f} [{other.ci_lo:.3f}, {other.ci_hi:.3f}]")
     assert same.ci_lo > other.ci_hi  # the intervals separate
 
     # cached: a second call loads the saved encoder, identical embeddings, no retraining
-    again = sim.train_parallel_encoder(parallel_world["pairs"], parallel_world["base"], out, epochs=3, seed=0)
-    assert sim.encoder_training_info(out) == info
+    again = encoders.train_parallel_encoder(parallel_world["pairs"], parallel_world["base"], out, epochs=3, seed=0)
+    assert encoders.encoder_training_info(out) == info
     np.testing.assert_allclose(again.encode(a[:5]), enc.encode(a[:5]), atol=1e-6)
-    loaded = sim.load_encoder(out, device="cpu")
+    loaded = encoders.load_encoder(out, device="cpu")
     np.testing.assert_allclose(loaded.encode(a[:5]), enc.encode(a[:5]), atol=1e-6)
     with pytest.raises(ValueError, match="other pairs or settings"):
-        sim.train_parallel_encoder(parallel_world["pairs"][:50], parallel_world["base"], out, epochs=3)
+        encoders.train_parallel_encoder(parallel_world["pairs"][:50], parallel_world["base"], out, epochs=3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,11 +369,11 @@ def known_pair(tmp_path):
     ],
 )
 def test_parse_param_name(name, expected):
-    assert sim.parse_param_name(name) == expected
+    assert ckpt.parse_param_name(name) == expected
 
 
 def test_known_differences_per_layer_kind_and_total(known_pair):
-    d = sim.parameter_difference(*known_pair)
+    d = ckpt.parameter_difference(*known_pair)
     assert d.total_sq == pytest.approx(9 + 8 * 0.25 + 4 + 1, abs=1e-9)
     assert d.total_l2 == pytest.approx(math.sqrt(16), abs=1e-9)
     by_layer = d.by_layer().set_index("layer")["sq_diff"]
@@ -385,13 +389,24 @@ def test_known_differences_per_layer_kind_and_total(known_pair):
     assert len(heads) == LAYERS * (HEADS + KV_HEADS + KV_HEADS)
 
 
+def test_per_layer_squares_add_up_to_the_whole(tiny_model_dir):
+    # Two independently initialised models: every tensor differs, so no group can hide a missing tensor.
+    d = ckpt.parameter_difference(tiny_model_dir(seed=0), tiny_model_dir(seed=1))
+    outside = d.tensors[d.tensors["layer"].isna()]["sq_diff"].sum()
+    assert outside > 0 and (d.by_layer()["sq_diff"] > 0).all()
+    assert d.by_layer()["sq_diff"].sum() + outside == pytest.approx(d.total_sq, rel=1e-12)
+    assert d.by_kind()["sq_diff"].sum() == pytest.approx(d.total_sq, rel=1e-12)
+    assert d.by_layer_module()["sq_diff"].sum() == pytest.approx(d.by_layer()["sq_diff"].sum(), rel=1e-12)
+    assert d.by_layer()["share"].sum() + outside / d.total_sq == pytest.approx(1.0, rel=1e-12)
+
+
 def test_self_difference_is_zero_and_chunking_does_not_matter(known_pair, tiny_model_dir):
     a, b = known_pair
-    assert sim.parameter_difference(a, a).total_sq == 0.0
+    assert ckpt.parameter_difference(a, a).total_sq == 0.0
     real = tiny_model_dir()
-    assert sim.parameter_difference(real, real).total_l2 == 0.0
-    coarse = sim.parameter_difference(a, b)
-    fine = sim.parameter_difference(a, b, chunk_elems=3)  # several chunks per tensor, 1 row per chunk
+    assert ckpt.parameter_difference(real, real).total_l2 == 0.0
+    coarse = ckpt.parameter_difference(a, b)
+    fine = ckpt.parameter_difference(a, b, chunk_elems=3)  # several chunks per tensor, 1 row per chunk
     np.testing.assert_allclose(fine.tensors.sq_diff, coarse.tensors.sq_diff, rtol=1e-12)
     np.testing.assert_allclose(fine.by_head().sq_diff, coarse.by_head().sq_diff, rtol=1e-12)
 
@@ -407,17 +422,17 @@ def test_sharded_and_unsharded_agree(tiny_model_dir, tmp_path):
         assert (out / "model.safetensors.index.json").exists()
         assert len(list(out.glob("model-*.safetensors"))) > 2
         dirs[seed] = out
-    plain = sim.parameter_difference(tiny_model_dir(seed=0), tiny_model_dir(seed=1))
-    sharded = sim.parameter_difference(dirs[0], dirs[1])
+    plain = ckpt.parameter_difference(tiny_model_dir(seed=0), tiny_model_dir(seed=1))
+    sharded = ckpt.parameter_difference(dirs[0], dirs[1])
     assert plain.total_l2 > 0
     assert sharded.total_l2 == pytest.approx(plain.total_l2, rel=1e-12)
     cols = ["tensor", "sq_diff", "sq_a", "sq_b"]
     assert sharded.tensors[cols].equals(plain.tensors[cols])
     # hand-written shards too
     base = base_tensors()
-    one = sim.parameter_difference(write_ckpt(tmp_path / "x1", base),
+    one = ckpt.parameter_difference(write_ckpt(tmp_path / "x1", base),
                                    write_ckpt(tmp_path / "y1", edited(base, KNOWN_EDITS)))
-    three = sim.parameter_difference(write_ckpt(tmp_path / "x3", base, shards=3),
+    three = ckpt.parameter_difference(write_ckpt(tmp_path / "x3", base, shards=3),
                                      write_ckpt(tmp_path / "y3", edited(base, KNOWN_EDITS), shards=3))
     assert three.total_sq == pytest.approx(one.total_sq, rel=1e-12)
 
@@ -428,7 +443,7 @@ def test_tied_lm_head_is_read_from_the_embedding(tmp_path):
     untied_t = dict(base)
     untied_t["lm_head.weight"] = base["model.embed_tokens.weight"] + 0.5  # 24 elements
     untied = write_ckpt(tmp_path / "untied", untied_t, config={**CONFIG, "tie_word_embeddings": False})
-    d = sim.parameter_difference(tied, untied)
+    d = ckpt.parameter_difference(tied, untied)
     row = d.tensors.set_index("tensor").loc["lm_head.weight"]
     assert row.sq_diff == pytest.approx(VOCAB * H * 0.25)
     assert "model.embed_tokens.weight" in row.note
@@ -436,7 +451,7 @@ def test_tied_lm_head_is_read_from_the_embedding(tmp_path):
     # a checkpoint that declares untied embeddings but lacks the head is an error
     broken = write_ckpt(tmp_path / "broken", base, config={**CONFIG, "tie_word_embeddings": False})
     with pytest.raises(ValueError, match=r"'lm_head.weight' is missing from checkpoint a"):
-        sim.parameter_difference(broken, untied)
+        ckpt.parameter_difference(broken, untied)
 
 
 def test_mismatches_raise_naming_the_tensor(tmp_path):
@@ -445,25 +460,25 @@ def test_mismatches_raise_naming_the_tensor(tmp_path):
     fewer = dict(base)
     del fewer["model.layers.1.mlp.up_proj.weight"]
     with pytest.raises(ValueError, match=r"'model.layers.1.mlp.up_proj.weight' is missing from checkpoint b"):
-        sim.parameter_difference(ok, write_ckpt(tmp_path / "fewer", fewer))
+        ckpt.parameter_difference(ok, write_ckpt(tmp_path / "fewer", fewer))
     with pytest.raises(ValueError, match=r"'model.layers.1.mlp.up_proj.weight' is missing from checkpoint a"):
-        sim.parameter_difference(tmp_path / "fewer", ok)
+        ckpt.parameter_difference(tmp_path / "fewer", ok)
     reshaped = dict(base, **{"model.norm.weight": torch.zeros(H + 1)})
     with pytest.raises(ValueError, match=r"'model.norm.weight': shape \[4\] .* but \[5\]"):
-        sim.parameter_difference(ok, write_ckpt(tmp_path / "shape", reshaped))
+        ckpt.parameter_difference(ok, write_ckpt(tmp_path / "shape", reshaped))
     half = write_ckpt(tmp_path / "bf16", base, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"tensor 'model\.\S+': dtype F32 .* but BF16"):
-        sim.parameter_difference(ok, half)
-    loose = sim.parameter_difference(ok, half, allow_dtype_mismatch=True)
+        ckpt.parameter_difference(ok, half)
+    loose = ckpt.parameter_difference(ok, half, allow_dtype_mismatch=True)
     assert 0 < loose.total_l2 < 0.05 * math.sqrt(sum(float(t.square().sum()) for t in base.values()))
     with pytest.raises(ValueError, match="architecture mismatch"):
-        sim.parameter_difference(ok, write_ckpt(tmp_path / "mistral", base, {**CONFIG, "model_type": "mistral"}))
+        ckpt.parameter_difference(ok, write_ckpt(tmp_path / "mistral", base, {**CONFIG, "model_type": "mistral"}))
     with pytest.raises(FileNotFoundError, match="neither model.safetensors"):
-        sim.parameter_difference(ok, tmp_path)
+        ckpt.parameter_difference(ok, tmp_path)
     sharded = write_ckpt(tmp_path / "sh", base, shards=2)
     next(sharded.glob("model-00002-*.safetensors")).unlink()
     with pytest.raises(FileNotFoundError, match="names shard model-00002-of-00002"):
-        sim.open_checkpoint(sharded)
+        ckpt.open_checkpoint(sharded)
 
 
 def test_mpd_table_normalises_by_the_largest(tmp_path):
@@ -475,7 +490,7 @@ def test_mpd_table_normalises_by_the_largest(tmp_path):
     dirs = {name: write_ckpt(tmp_path / name, {k: base[k] + d[k] for k in base}) for name, d in deltas.items()}
     write_ckpt(tmp_path / "base", base)
 
-    cmp = sim.compare_models(tmp_path / "base", {"near": dirs["near"], "far": dirs["far"]}, dirs["ref"],
+    cmp = mpd.compare_models(tmp_path / "base", {"near": dirs["near"], "far": dirs["far"]}, dirs["ref"],
                              reference_name="multialpaca")
     table = cmp.table().set_index("model")
 
@@ -497,7 +512,7 @@ def test_mpd_table_normalises_by_the_largest(tmp_path):
     per_model = prof.groupby("model").sq_diff.sum()
     assert per_model["far"] < table.loc["far", "mpd"] ** 2  # embed/norm are outside layers
     # without a base: drifts are missing (NaN), not 0
-    no_base = sim.mpd_table(None, {"near": dirs["near"]}, dirs["ref"])
+    no_base = mpd.mpd_table(None, {"near": dirs["near"]}, dirs["ref"])
     assert math.isnan(no_base.loc[0, "drift_from_base"]) and math.isnan(no_base.loc[0, "update_cosine"])
 
 
@@ -513,23 +528,23 @@ def test_layer_change_ranking_picks_known_layers(tmp_path):
     base_dir = write_ckpt(tmp_path / "base", base)
     p1 = write_ckpt(tmp_path / "p1", edited(base, edits))
 
-    ranking, table = sim.layer_change_ranking(base_dir, p1, top_k=2)
+    ranking, table = ckpt.layer_change_ranking(base_dir, p1, top_k=2)
     assert ranking == {"q_proj": [1, 2], "k_proj": [0, 2], "v_proj": [2, 0]}
     assert set(table.columns) >= {"module", "layer", "abs_change", "base_norm", "rel_change", "rank"}
     row = table[(table.module == "k_proj") & (table.layer == 0)].iloc[0]
     assert row.abs_change == pytest.approx(0.7 * math.sqrt(KV_HEADS * HEAD_DIM * H), rel=1e-6)
     assert row["rank"] == 1
 
-    rel, _ = sim.layer_change_ranking(base_dir, p1, modules=("q_proj",), top_k=1, measure="relative")
+    rel, _ = ckpt.layer_change_ranking(base_dir, p1, modules=("q_proj",), top_k=1, measure="relative")
     assert rel == {"q_proj": [2]}
-    everything, _ = sim.layer_change_ranking(base_dir, p1, modules=("v_proj",), top_k=10)
+    everything, _ = ckpt.layer_change_ranking(base_dir, p1, modules=("v_proj",), top_k=10)
     assert everything == {"v_proj": [2, 0, 1]}  # fewer layers than top_k: all of them
 
-    heads, head_table = sim.rank_heads(sim.parameter_difference(base_dir, p1), top_k=3)
+    heads, head_table = ckpt.rank_heads(ckpt.parameter_difference(base_dir, p1), top_k=3)
     assert heads["k_proj"] == [(0, 0), (2, 0), (1, 0)]  # one kv head per layer
     assert heads["q_proj"][0][0] == 1 and len(head_table) == LAYERS * (HEADS + 2 * KV_HEADS)
 
     with pytest.raises(ValueError, match=r"module\(s\) \['qkv_proj'\]"):
-        sim.layer_change_ranking(base_dir, p1, modules=("qkv_proj",))
+        ckpt.layer_change_ranking(base_dir, p1, modules=("qkv_proj",))
     with pytest.raises(ValueError, match="measure must be"):
-        sim.layer_change_ranking(base_dir, p1, measure="cosine")
+        ckpt.layer_change_ranking(base_dir, p1, measure="cosine")

@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cft_utils import config, encoders
-from cft_utils import similarity_study as study
+from cft_utils import config
+from cft_utils.analysis import des_study, encoders, mpd_study
+from cft_utils.analysis import risk as forgetting
+from cft_utils.mitigation.freeze import n_frozen_layers
+from cft_utils.models import use_threads
 from cft_utils.paper import paper_values
-from cft_utils.sandbox import World
+from cft_utils.sandbox.world import World
 
 SHARED_HOME = "cft-home-smoke"  # the same folder as test_train.shared_smoke_home
 
@@ -89,7 +92,7 @@ def test_paper_values_reads_des_and_keeps_lost_values_missing():
 def test_with_paper_des_matches_unordered_pairs():
     table = pd.DataFrame({"a": ["multialpaca", "alpaca", "alpaca"], "b": ["alpaca", "alpaca", "instruct"],
                           "des": [0.9, 1.0, 0.8]})
-    out = study.with_paper_des(table)
+    out = des_study.with_paper_des(table)
     assert out["paper_des"].iloc[0] == 0.924
     assert out["paper_des"].iloc[1:].isna().all()
 
@@ -102,19 +105,19 @@ def _des_table(values: dict) -> pd.DataFrame:
 def test_ordering_checks_and_their_description():
     table = _des_table({("alpaca", "multialpaca"): (0.92, 0.90, 0.94), ("mopenorca", "alpaca"): (0.79, 0.70, 0.91),
                         ("openorca", "mopenorca"): (0.70, 0.65, 0.75), ("openorca", "multialpaca"): (0.77, 0.7, 0.8)})
-    checks = study.ordering_checks(table).set_index(["closer_pair", "farther_pair"])
+    checks = des_study.ordering_checks(table).set_index(["closer_pair", "farther_pair"])
     assert len(checks) == 4  # the Instruct comparison is left out: no instruct row
     a = checks.loc[("alpaca–multialpaca", "alpaca–mopenorca")]
     assert a["holds"] and not a["separated"]  # 0.90 < 0.91: the intervals overlap
     b = checks.loc[("openorca–mopenorca", "openorca–multialpaca")]
     assert not b["holds"]
     assert checks.loc[("alpaca–multialpaca", "openorca–multialpaca")]["separated"]
-    text = study.describe_orderings(study.ordering_checks(table))
+    text = des_study.describe_orderings(des_study.ordering_checks(table))
     assert "holds in 2 of 4" in text and "does NOT hold" in text and "0.920" in text
     # lower-is-closer (MPD), no intervals
     mpd = table.assign(des=-table["des"])
-    flipped = study.ordering_checks(mpd, higher_is_closer=False, lo=None, hi=None)
-    assert flipped["holds"].tolist() == study.ordering_checks(table)["holds"].tolist()
+    flipped = des_study.ordering_checks(mpd, higher_is_closer=False, lo=None, hi=None)
+    assert flipped["holds"].tolist() == des_study.ordering_checks(table)["holds"].tolist()
     assert flipped["separated"].isna().all()
 
 
@@ -123,33 +126,34 @@ def test_des_mpd_agreement_orders_both_ways():
                       ("instruct", "multialpaca"): (0.80, 0, 0)})
     mpd = pd.DataFrame({"comparison": "phase1_vs_reference", "model": "m", "phase2_data": "multialpaca",
                         "phase1_data": ["alpaca", "openorca", "instruct"], "mpd": [0.5, 1.0, 0.7]})
-    agree = study.des_mpd_agreement(des, mpd).iloc[0]
+    agree = mpd_study.des_mpd_agreement(des, mpd).iloc[0]
     assert agree["agree"] and agree["by_des"] == "alpaca > instruct > openorca"
     assert math.isclose(agree["spearman"], 1.0)
     mpd["mpd"] = [1.0, 0.5, 0.7]
-    disagree = study.des_mpd_agreement(des, mpd).iloc[0]
+    disagree = mpd_study.des_mpd_agreement(des, mpd).iloc[0]
     assert not disagree["agree"] and math.isclose(disagree["spearman"], -1.0)
 
 
 @pytest.mark.parametrize(("layers", "k"), [(32, 10), (6, 2), (2, 1), (1, 1), (80, 25)])
 def test_lf_h2_default_share_is_the_papers(layers, k):
-    assert study.default_lf_top_k(layers) == k
+    # the one frozen-layer budget (the mitigation's), at the paper's share of 10 in 32 layers
+    assert n_frozen_layers(layers, fraction=10 / 32) == k
 
 
 def test_risk_reading_from_alternatives_and_bands():
     cand = pd.Series({"des": 0.95, "ci_lo": 0.93, "ci_hi": 0.97})
     alts = pd.DataFrame({"phase2_data": ["x"], "des": [0.80], "ci_lo": [0.75], "ci_hi": [0.85]})
-    assert study._risk_from_des(cand, alts)[0] == "lower"
-    assert study._risk_from_des(pd.Series({"des": 0.7, "ci_lo": 0.6, "ci_hi": 0.74}), alts)[0] == "higher"
-    assert study._risk_from_des(pd.Series({"des": 0.82, "ci_lo": 0.7, "ci_hi": 0.9}), alts)[0] == "unclear"
+    assert forgetting.risk_from_des(cand, alts)[0] == "lower"
+    assert forgetting.risk_from_des(pd.Series({"des": 0.7, "ci_lo": 0.6, "ci_hi": 0.74}), alts)[0] == "higher"
+    assert forgetting.risk_from_des(pd.Series({"des": 0.82, "ci_lo": 0.7, "ci_hi": 0.9}), alts)[0] == "unclear"
     none = alts.iloc[0:0]
-    assert study._risk_from_des(pd.Series({"des": 0.93, "ci_lo": 0.9, "ci_hi": 0.95}), none)[0] == "lower"
-    assert study._risk_from_des(pd.Series({"des": 0.7, "ci_lo": 0.6, "ci_hi": 0.75}), none)[0] == "higher"
-    assert study._la_mean(None) is None
-    assert study._la_mean(pd.DataFrame({"value": [np.nan]})) is None  # missing, never 0
-    assert study._la_mean(pd.DataFrame({"exact_match": [0.0, 0.5]})) == 0.25
+    assert forgetting.risk_from_des(pd.Series({"des": 0.93, "ci_lo": 0.9, "ci_hi": 0.95}), none)[0] == "lower"
+    assert forgetting.risk_from_des(pd.Series({"des": 0.7, "ci_lo": 0.6, "ci_hi": 0.75}), none)[0] == "higher"
+    assert forgetting.la_mean(None) is None
+    assert forgetting.la_mean(pd.DataFrame({"value": [np.nan]})) is None  # missing, never 0
+    assert forgetting.la_mean(pd.DataFrame({"exact_match": [0.0, 0.5]})) == 0.25
     with pytest.raises(ValueError, match="'value'"):
-        study._la_mean(pd.DataFrame({"acc": [1.0]}))
+        forgetting.la_mean(pd.DataFrame({"acc": [1.0]}))
 
 
 # ------------------------------------------------------------------------------------------ slow: smoke profile
@@ -175,11 +179,11 @@ def smoke_similarity(tmp_path_factory):
 @pytest.fixture
 def smoke_env(smoke_similarity, monkeypatch):
     monkeypatch.setenv("CFT_HOME", str(smoke_similarity[0]))
-    from cft_utils import train
+    from cft_utils.plan import plan_runs
 
     cfg = config.load_config("smoke")
-    study.use_profile_threads(cfg)
-    return cfg, train.plan_runs(cfg)
+    use_threads(cfg.training.num_threads)
+    return cfg, plan_runs(cfg)
 
 
 @pytest.mark.slow
@@ -217,26 +221,31 @@ def test_notebooks_05_06_write_tidy_results_and_figures(smoke_similarity):
     layers = profile[(profile["level"] == "layer") & (profile["comparison"] == "phase2_drift")]
     assert set(layers["part"].astype(int)) == {0, 1}
 
-    lf = json.loads((res / "lf_h2_layers.json").read_text())
-    assert set(lf["runs"]) == {"phase1/tiny-llama/alpaca", "phase1/tiny-llama/openorca",
-                               "phase1/tiny-llama/Instruct"}
-    for r in lf["runs"].values():
-        assert r["num_layers"] == 2 and r["top_k"] == 1
-        assert set(r["layers"]) == {"q_proj", "k_proj", "v_proj"}
-        assert all(len(v) == 1 and v[0] in (0, 1) for v in r["layers"].values())
+    for (cmp, p1, p2), g in profile.groupby(["comparison", "phase1_data", "phase2_data"]):
+        row = mpd[(mpd["comparison"] == cmp) & (mpd["phase1_data"] == p1) & (mpd["phase2_data"] == p2)]
+        total = float(row["mpd"].iloc[0]) ** 2
+        assert float((g[g["level"] == "kind"]["l2"] ** 2).sum()) == pytest.approx(total, rel=1e-9)
+        assert 0 < float((g[g["level"] == "layer"]["l2"] ** 2).sum()) < total  # embeddings, final norm lie outside
+
+    lf = pd.read_csv(res / "lf_h2_layers.csv")  # the mitigation plan's own LF_H2 selection, shown by notebook 06
+    lf_h2 = lf[lf["strategy"] == "LF_H2"]
+    assert set(lf_h2["phase1_data"]) == {"Instruct"} and set(lf_h2["phase2_data"]) == {"multialpaca", "mopenorca"}
+    assert set(lf_h2["module"]) == {"q_proj", "k_proj", "v_proj"}
+    assert (lf_h2["num_layers"] == 2).all() and (lf_h2["n_frozen_layers"] == 1).all()
+    assert all(len(v) == 1 and v[0] in (0, 1) for v in lf_h2["layers"].map(json.loads))
 
 
 @pytest.mark.slow
 def test_translation_scores_above_unrelated_sets_in_the_sandbox_world(smoke_env):
-    from cft_utils import similarity as sim
-    from cft_utils.data import load_records
+    from cft_utils.analysis import des as desm
+    from cft_utils.data.loaders import load_records
 
     cfg, _ = smoke_env
     enc, name = encoders.profile_encoder(cfg)  # the cached smoke encoder of notebook 05
     assert name.startswith("sandbox")
     world = World(cfg.sandbox.world_spec())
-    same = sim.des(world.dataset("multialpaca_en"), world.dataset("multialpaca"), enc, n_boot=200)
-    other = sim.des(load_records(cfg, "alpaca"), load_records(cfg, "mopenorca"), enc, n_boot=200)
+    same = desm.des(world.dataset("multialpaca_en"), world.dataset("multialpaca"), enc, n_boot=200)
+    other = desm.des(load_records(cfg, "alpaca"), load_records(cfg, "mopenorca"), enc, n_boot=200)
     print(f"smoke DES(multialpaca_en, multialpaca) = {same.des:.3f}; DES(alpaca, mopenorca) = {other.des:.3f}")
     assert same.des > other.des
 
@@ -246,23 +255,23 @@ def test_forgetting_risk_on_the_smoke_grid(smoke_env):
     cfg, plan = smoke_env
     enc, _ = encoders.profile_encoder(cfg)
     alpaca = plan.get("phase1/tiny-llama/alpaca")
-    risk = study.forgetting_risk(cfg, alpaca, "multialpaca", enc, n_boot=200)
+    risk = forgetting.forgetting_risk(cfg, alpaca, "multialpaca", enc, n_boot=200)
     assert risk.compared_data == "alpaca" and "own training data" in risk.data_note
     assert set(risk.alternatives["phase2_data"]) == {"multialpaca", "mopenorca"}
     assert risk.la_baseline is not None and set(risk.la_baseline["language"]) == {"qaa", "qac"}
-    assert risk.la_mean is not None and 0 <= risk.la_mean <= 1
+    assert forgetting.la_mean is not None and 0 <= forgetting.la_mean <= 1
     assert (alpaca.dir / "la_probe.json").exists()  # cached for the next call
     assert risk.risk in {"lower", "higher", "unclear"} and "multialpaca" in risk.reading
     row = risk.summary()
-    assert row["des"] == risk.des and row["la_baseline_mean"] == risk.la_mean
+    assert row["des"] == risk.des and row["la_baseline_mean"] == forgetting.la_mean
 
     instruct = plan.get("phase1/tiny-llama/Instruct")
     given = pd.DataFrame({"language": ["qaa", "qac"], "value": [0.2, 0.4]})
-    r2 = study.forgetting_risk(cfg, instruct, "mopenorca", enc, la_baseline=given, n_boot=0)
+    r2 = forgetting.forgetting_risk(cfg, instruct, "mopenorca", enc, la_baseline=given, n_boot=0)
     assert r2.compared_data == "instruct" and "instruct mixture" in r2.data_note
     assert math.isclose(r2.la_mean, 0.3) and r2.la_source.startswith("given")
     assert math.isnan(r2.ci_lo)  # no bootstrap asked: interval missing, not 0
-    r3 = study.forgetting_risk(cfg, instruct, "mopenorca", enc, probe_la=False, n_boot=0)
+    r3 = forgetting.forgetting_risk(cfg, instruct, "mopenorca", enc, probe_la=False, n_boot=0)
     assert r3.la_mean is None and "missing" in r3.reading
     with pytest.raises(KeyError, match="not in"):
-        study.forgetting_risk(cfg, instruct, "nope", enc)
+        forgetting.forgetting_risk(cfg, instruct, "nope", enc)

@@ -25,6 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cft_utils.languages import MULTIALPACA_LANGUAGES
+from cft_utils.sandbox.world import World
+
 # A copy of FastChat's question.jsonl on the hub, in FastChat's own format.
 MT_BENCH_HUB = "hf://datasets/HuggingFaceH4/mt_bench_prompts/raw/question.jsonl"
 FLORES_HUB = "openlanguagedata/flores_plus"
@@ -35,7 +38,6 @@ FLORES_CODES = {
     "ja": "jpn_Jpan", "ko": "kor_Hang", "pt": "por_Latn", "ru": "rus_Cyrl", "th": "tha_Thai", "vi": "vie_Latn",
     "zh": "cmn_Hans", "hi": "hin_Deva", "it": "ita_Latn", "nl": "nld_Latn", "tr": "tur_Latn",
 }
-MULTIALPACA_LANGUAGES = ("ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru", "th", "vi")
 
 _HF_ADDRESS = re.compile(r"^hf://(datasets|spaces|models)/([^/@]+/[^/@]+)(?:@([^/]+))?/(.+)$")
 
@@ -197,34 +199,37 @@ def as_text_prompts(records: Sequence[dict], sep: str = "\n") -> list[dict]:
     return out
 
 
-def geometry_prompts(cfg, *, mt_bench_source: str | os.PathLike = MT_BENCH_HUB, chat: bool = False,
+def geometry_prompts(cfg, *, mt_bench_source: str | os.PathLike | None = None, chat: bool | None = None,
                      families: Sequence[str] = ("A", "B", "C")) -> list[dict]:
     """The profile's prompt set for Figures 1, 2, C4: the sandbox world's English test prompts, else MT-Bench.
 
-    ``chat=False`` (the default) flattens chat prompts to plain text, so every model compared (base, Phase 1,
-    Phase 2) reads the same tokens; ``chat=True`` keeps messages for the chat template.
+    ``mt_bench_source`` and ``chat`` default to the profile's ``analysis.geometry``. ``chat=False`` flattens chat
+    prompts to plain text, so every model compared (base, Phase 1, Phase 2) reads the same tokens; ``chat=True``
+    keeps messages for the chat template.
     """
+    g = cfg.analysis.geometry
+    chat = g.chat if chat is None else chat
     if cfg.sandbox is not None:
-        from .sandbox import World
-
         recs = sandbox_prompt_set(World(cfg.sandbox.world_spec()), families, "en")
     else:
-        recs = load_mt_bench(mt_bench_source)
+        recs = load_mt_bench(mt_bench_source if mt_bench_source is not None else g.mt_bench_source)
     return recs if chat else as_text_prompts(recs)
 
 
-def parallel_sentences(cfg, *, n_per_language: int = 100, flores_source: str = FLORES_HUB,
-                       flores_languages: Sequence[str] = ("en", *MULTIALPACA_LANGUAGES), flores_split: str = "dev",
-                       seed: int = 0) -> list[dict]:
+def parallel_sentences(cfg, *, n_per_language: int | None = None, flores_source: str | None = None,
+                       flores_languages: Sequence[str] = ("en", *MULTIALPACA_LANGUAGES), flores_split: str | None = None,
+                       seed: int | None = None) -> list[dict]:
     """The profile's parallel text for Figure 3: the sandbox world's languages, else Flores from the hub.
 
-    In the sandbox ``n_per_language`` is split evenly over the task families A, B and C (rounded up).
+    Settings left None come from the profile's ``analysis.geometry`` (n_parallel, flores_source, flores_split,
+    seed). In the sandbox ``n_per_language`` is split evenly over the task families A, B and C (rounded up).
     """
+    g = cfg.analysis.geometry
+    n_per_language = g.n_parallel if n_per_language is None else n_per_language
     if cfg.sandbox is not None:
-        from .sandbox import World
-
         families = ("A", "B", "C")
         per_family = -(-n_per_language // len(families))
         return sandbox_parallel_set(World(cfg.sandbox.world_spec()), cfg.sandbox.languages, families, per_family)
-    return load_flores_parallel(flores_languages, source=flores_source, split=flores_split, n=n_per_language,
-                                seed=seed)
+    return load_flores_parallel(flores_languages, source=flores_source or g.flores_source,
+                                split=flores_split or g.flores_split, n=n_per_language,
+                                seed=g.seed if seed is None else seed)
