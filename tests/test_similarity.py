@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 
 from cft_utils import checkpoints as ckpt
 from cft_utils.analysis import des as desm
-from cft_utils.analysis import encoders
-from cft_utils.analysis import mpd
+from cft_utils.analysis import encoders, mpd
 from cft_utils.analysis import similarity_plots as plots
 
 # ------------------------------------------------------------------------------------------------
