@@ -36,7 +36,7 @@ def ensure_kernel() -> str:
 def main() -> int:
     print(f"jupyter kernel: {ensure_kernel()} ({sys.executable})")
     try:  # IFEval's sentence splitter data, offline (added by the evaluation module when present)
-        from .ifeval_offline import ensure_punkt_tab
+        from .evaluation.ifeval_offline import ensure_punkt_tab
 
         print(f"nltk punkt_tab: {ensure_punkt_tab()}")
     except ImportError:

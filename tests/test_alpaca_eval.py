@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from cft_utils import alpaca_eval as AE
+from cft_utils.evaluation import judge as AE
 from cft_utils.io import read_json, read_jsonl
 
 INSTRUCTIONS = [
@@ -245,7 +245,7 @@ def test_openai_compatible_judge_against_local_stub(stub_server, tmp_path, monke
     monkeypatch.setenv("CFT_JUDGE_MODEL", "judge-model")
     monkeypatch.setenv("CFT_JUDGE_BASE_URL", url)
     monkeypatch.setenv("CFT_JUDGE_API_KEY", "sk-secret-test-key")
-    judge = AE.judge_from_env(timeout=5, max_retries=2, backoff=0.01)
+    judge = AE.judge_from_env(timeout=5, max_retries=2)
     handler.fail_first = [500]  # one transient error, retried
     out = tmp_path / "api.jsonl"
     res = AE.evaluate_win_rate(MODEL[:2], REFERENCE, judge, out)
@@ -270,12 +270,12 @@ def test_openai_judge_errors(stub_server, monkeypatch):
         monkeypatch.delenv(v, raising=False)
     with pytest.raises(ValueError, match="CFT_JUDGE_MODEL, CFT_JUDGE_BASE_URL"):
         AE.OpenAICompatibleJudge()
-    judge = AE.OpenAICompatibleJudge("m", url, "k", timeout=5, max_retries=3, backoff=0.01)
+    judge = AE.OpenAICompatibleJudge("m", url, "k", timeout=5, max_retries=3)
     handler.fail_first = [401]
     with pytest.raises(RuntimeError, match="HTTP 401"):  # not retried
         judge.judge("q", "a", "b")
     assert len(handler.seen) == 1
-    dead = AE.OpenAICompatibleJudge("m", "http://127.0.0.1:9/v1", "k", timeout=1, max_retries=1, backoff=0.01)
+    dead = AE.OpenAICompatibleJudge("m", "http://127.0.0.1:9/v1", "k", timeout=1, max_retries=1)
     with pytest.raises(RuntimeError, match="unreachable"):
         dead.judge("q", "a", "b")
 

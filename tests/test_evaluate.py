@@ -12,12 +12,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cft_utils import eval_tables, evaluate
 from cft_utils.config import load_config
-from cft_utils.tasks import PAPER_TASKS_DIR, _index, shipped_task_yamls, task_manager
+from cft_utils.evaluation import runner
+from cft_utils.evaluation import tables as eval_tables
+from cft_utils.evaluation.tasks.manager import (
+    PAPER_TASKS_DIR,
+    TASKS_ROOT,
+    shipped_task_yamls,
+    task_index,
+    task_manager,
+)
 
 SHARED_HOME = "cft-home-smoke"  # the folder name test_train.py and test_notebooks.py use: runs are shared
-TASKS = Path(evaluate.__file__).parent / "tasks"
+TASKS = TASKS_ROOT
 FIX = Path(__file__).parent / "fixtures"
 
 
@@ -26,8 +33,8 @@ FIX = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def smoke_bench(tmp_path_factory):
-    from cft_utils.sandbox import World
-    from cft_utils.sandbox_bench import build_bench
+    from cft_utils.sandbox.bench import build_bench
+    from cft_utils.sandbox.world import World
 
     return build_bench(World(load_config("smoke").sandbox.world_spec()), tmp_path_factory.mktemp("bench"))
 
@@ -66,7 +73,7 @@ def test_every_shipped_task_yaml_loads_offline(smoke_bench, tmp_path):
         assert isinstance(text, str) and len(text) > 5, name
         field = next(k for k in ("prompt", "instruction", "question", "query") if k in docs[0])
         assert docs[0][field] in text, name  # the template renders the document, not a literal word
-    indexed = set(_index([TASKS / "sandbox", TASKS / "alpacaeval", PAPER_TASKS_DIR]))
+    indexed = set(task_index([TASKS / "sandbox", TASKS / "alpacaeval", PAPER_TASKS_DIR]))
     for p in [*sandbox_yamls, *shipped_task_yamls(TASKS / "alpacaeval"), *shipped_task_yamls(PAPER_TASKS_DIR)]:
         assert p.stem in indexed, p
 
@@ -82,12 +89,12 @@ def test_every_profile_names_known_tasks_and_headline_metrics(profile):
     assert heads == {"IFEval": "prompt_level_strict_acc", "AlpacaEval": "win_rate", "MMLU": "acc",
                      "HellaSwag": "acc_norm", "MLQA": "f1", "XQuAD": "f1", "XLSum": "rougeL"}
     builtin = Path(lt.__file__).parent
-    dirs = [PAPER_TASKS_DIR, *evaluate.task_dirs(cfg)]
+    dirs = [PAPER_TASKS_DIR, *runner.task_dirs(cfg)]
     needed = {t for s in ev.benchmarks.values() for t in s.tasks.values()}
     if profile == "paper":  # lm-eval's own tasks: index only their folders (fast)
         dirs += [builtin / d for d in ("ifeval", "mmlu", "hellaswag", "mlqa")]
         assert ev.judge == "openai" and not ev.sandbox_bench
-    index = _index(dirs)
+    index = task_index(dirs)
     assert needed <= set(index), needed - set(index)
     if cfg.sandbox is not None:
         assert set(ev.benchmarks["MLQA"].tasks) == set(cfg.sandbox.languages) - {"en"}
@@ -99,12 +106,12 @@ def test_parse_task_results_keeps_missing_as_nan():
                        "g": {"acc,none": 0.4, "acc_stderr,none": 0.01}},
            "n-samples": {"t": {"original": 10, "effective": 4}, "s1": {"effective": 2}, "s2": {"effective": 3}},
            "group_subtasks": {"g": ["s1", "s2"]}}
-    metrics, n = evaluate.parse_task_results(res, "t")
+    metrics, n = runner.parse_task_results(res, "t")
     assert metrics["acc"]["value"] == 0.5 and math.isnan(metrics["acc"]["stderr"])
     assert metrics["f1@strict"] == {"value": 0.25, "stderr": 0.1} and n == 4
-    assert evaluate.parse_task_results(res, "g")[1] == 5
+    assert runner.parse_task_results(res, "g")[1] == 5
     with pytest.raises(KeyError, match="no results for task 'x'"):
-        evaluate.parse_task_results(res, "x")
+        runner.parse_task_results(res, "x")
 
 
 def test_bad_evaluation_sections_fail_clearly(tmp_path):
@@ -114,9 +121,9 @@ def test_bad_evaluation_sections_fail_clearly(tmp_path):
         load_config("smoke", {"evaluation.benchmarks.MMLU.suite": "xx"})
     cfg = load_config("smoke", {"evaluation.task_dirs": ["no-such-folder"]})
     with pytest.raises(FileNotFoundError, match="no-such-folder"):
-        evaluate.task_dirs(cfg)
+        runner.task_dirs(cfg)
     with pytest.raises(ValueError, match="unknown suites"):
-        evaluate.jobs_for(load_config("smoke"), ["xx"])
+        runner.jobs_for(load_config("smoke"), ["xx"])
 
 
 def test_direction_check_is_computed_from_the_numbers():
@@ -149,7 +156,8 @@ def smoke_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(smoke_home, tmp_path_factory):
     """Every smoke run trained (or found done) and evaluated on both suites; the tidy file written."""
-    from cft_utils.train import execute, plan_runs
+    from cft_utils.plan import plan_runs
+    from cft_utils.train import execute
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CFT_HOME", str(smoke_home))
@@ -158,7 +166,7 @@ def evaluated(smoke_home, tmp_path_factory):
         for run in plan.all():
             execute(run, cfg)
         t0 = time.time()
-        tidy = evaluate.evaluate_plan(cfg)
+        tidy = runner.evaluate_plan(cfg)
         seconds = time.time() - t0
         yield {"cfg": cfg, "plan": plan, "tidy": tidy, "seconds": seconds, "home": smoke_home, "mp": mp,
                "out": tmp_path_factory.mktemp("tables")}
@@ -167,8 +175,8 @@ def evaluated(smoke_home, tmp_path_factory):
 @pytest.mark.slow
 def test_smoke_evaluation_writes_the_tidy_file_and_the_tables(evaluated):
     cfg, tidy = evaluated["cfg"], evaluated["tidy"]
-    assert list(tidy.columns) == evaluate.TIDY_COLUMNS
-    on_disk = evaluate.tidy_results(cfg)
+    assert list(tidy.columns) == runner.TIDY_COLUMNS
+    on_disk = runner.tidy_results(cfg)
     assert len(on_disk) == len(tidy) and set(on_disk.run_id) == set(tidy.run_id)
     heads = tidy.merge(pd.DataFrame([{"benchmark": b, "metric": s.metric} for b, s in cfg.evaluation.benchmarks.items()]))
     # 4 Phase 2 cells x (P1, P2) x (4 TA + 3 LA benchmarks x 2 languages) headline rows, all computed
@@ -197,7 +205,7 @@ def test_smoke_evaluation_writes_the_tidy_file_and_the_tables(evaluated):
 @pytest.mark.slow
 def test_a_missing_metric_is_missing_not_zero(evaluated, tmp_path):
     cfg = load_config("smoke", {"evaluation.benchmarks.MMLU.metric": "acc_not_reported"})
-    tidy = evaluate.tidy_from_caches(cfg, evaluate.plan_cells(cfg))
+    tidy = runner.tidy_from_caches(cfg, runner.plan_cells(cfg))
     mmlu = tidy[(tidy.benchmark == "MMLU") & (tidy.metric == "acc_not_reported")]
     assert len(mmlu) == 8 and mmlu.value.isna().all()
     assert tidy[(tidy.benchmark == "MMLU") & (tidy.metric == "acc")].value.notna().all()  # the others are kept
@@ -210,7 +218,7 @@ def test_a_missing_metric_is_missing_not_zero(evaluated, tmp_path):
     assert csv.MMLU.isna().all()  # empty cells, never 0
     # a task nobody evaluated (no cache) is missing too
     none = load_config("smoke", {"evaluation.benchmarks.MMLU.limit": 2})
-    rows = evaluate.tidy_from_caches(none, evaluate.plan_cells(none))
+    rows = runner.tidy_from_caches(none, runner.plan_cells(none))
     assert rows[rows.benchmark == "MMLU"].value.isna().all() and rows[rows.benchmark == "MMLU"].n.isna().all()
 
 
@@ -227,19 +235,19 @@ def test_second_call_is_free_and_a_deleted_cache_reruns_only_its_task(evaluated,
         return real(*a, **k)
 
     monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
-    monkeypatch.setattr(evaluate, "make_lm", lambda *a, **k: pytest.fail("a model was loaded for cached results"))
-    again = evaluate.evaluate_runs(cfg, plan.phase2, progress=False)
+    monkeypatch.setattr(runner, "make_lm", lambda *a, **k: pytest.fail("a model was loaded for cached results"))
+    again = runner.evaluate_runs(cfg, plan.phase2, progress=False)
     assert calls == []
     pd.testing.assert_frame_equal(again.reset_index(drop=True),
-                                  evaluate.tidy_from_caches(cfg, plan.phase2).reset_index(drop=True))
+                                  runner.tidy_from_caches(cfg, plan.phase2).reset_index(drop=True))
     run = plan.phase2[0]
-    job = next(j for j in evaluate.jobs_for(cfg) if j.task == "sb_xquad_qac")
-    cache = evaluate.cache_path(run, job.task, job.limit)
+    job = next(j for j in runner.jobs_for(cfg) if j.task == "sb_xquad_qac")
+    cache = runner.cache_path(run, job.task, job.limit)
     before = json.loads(cache.read_text())
     cache.unlink()
     monkeypatch.undo()
     monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
-    evaluate.evaluate_runs(cfg, plan.phase2, progress=False)
+    runner.evaluate_runs(cfg, plan.phase2, progress=False)
     assert calls == [["sb_xquad_qac"]]
     after = json.loads(cache.read_text())
     assert after["metrics"] == before["metrics"]  # greedy decoding: the same numbers again
@@ -294,7 +302,7 @@ def test_notebooks_03_and_04_execute_in_smoke(notebooks):
             p = fig / f"{name}.{ext}"
             assert p.exists() and p.stat().st_mtime >= t0, p
     tidy = pd.read_csv(PROJECT_ROOT / "results" / "smoke" / "evaluation.csv")
-    assert list(tidy.columns) == evaluate.TIDY_COLUMNS and set(tidy.checkpoint) == {"P1", "P2"}
+    assert list(tidy.columns) == runner.TIDY_COLUMNS and set(tidy.checkpoint) == {"P1", "P2"}
     assert (PROJECT_ROOT / "results" / "smoke" / "xlsum_rouge_tokenizers.csv").stat().st_mtime >= t0
 
 
@@ -309,7 +317,7 @@ def test_paper_profile_tables_put_the_papers_value_beside_ours(tmp_path):
                         rows.append({"model": m, "phase1_data": c.phase1, "phase2_data": c.data, "strategy": "none",
                                      "checkpoint": ck, "benchmark": b, "language": lang, "metric": s.metric,
                                      "value": 0.5, "stderr": 0.01, "n": 10.0, "run_id": "x"})
-    tidy = pd.DataFrame(rows, columns=evaluate.TIDY_COLUMNS)
+    tidy = pd.DataFrame(rows, columns=runner.TIDY_COLUMNS)
     out = eval_tables.render_tables(cfg, tidy, ["table1", "tableB4"], tmp_path)
     t1 = out["table1"]["table"].set_index(["model", "phase1_data", "checkpoint"])
     assert t1.loc[("Mistral-7B", "alpaca", "P1"), "IFEval (paper)"] == 0.364  # data/paper_results.csv, Table 1
@@ -326,7 +334,7 @@ def test_a_paper_task_runs_against_local_files_in_its_real_format(tmp_path, monk
     cfg = load_config("paper", {"evaluation.task_dirs": ["alpacaeval", "lm_eval:ifeval"],
                                 "evaluation.local_data": {"ifeval": str(FIX / "ifeval" / "prompts.jsonl"),
                                                           "cft_alpacaeval": str(_alpacaeval_fixture(tmp_path))}})
-    tm = evaluate.make_task_manager(cfg, ["ifeval", "cft_alpacaeval"])
+    tm = runner.make_task_manager(cfg, ["ifeval", "cft_alpacaeval"])
     docs = list(tm.load("ifeval")["tasks"]["ifeval"].eval_docs)
     assert len(docs) >= 3 and {"key", "prompt", "instruction_id_list", "kwargs"} <= set(docs[0])
     ae = list(tm.load("cft_alpacaeval")["tasks"]["cft_alpacaeval"].eval_docs)
@@ -339,8 +347,34 @@ def test_an_unconfigured_api_judge_fails_before_any_generation(monkeypatch, tmp_
     for v in ("CFT_JUDGE_MODEL", "CFT_JUDGE_BASE_URL", "CFT_JUDGE_API_KEY"):
         monkeypatch.delenv(v, raising=False)
     cfg = load_config("smoke", {"evaluation.judge": "openai"})
-    monkeypatch.setattr(evaluate, "make_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(runner, "make_lm", lambda *a, **k: pytest.fail("a model was loaded"))
     run = SimpleNamespace(name="r", run_id="r", dir=tmp_path, model_dir=tmp_path, done=lambda: True, phase=1)
-    jobs = [j for j in evaluate.jobs_for(cfg, ["ta"]) if j.benchmark == "AlpacaEval"]
+    jobs = [j for j in runner.jobs_for(cfg, ["ta"]) if j.benchmark == "AlpacaEval"]
     with pytest.raises(ValueError, match="CFT_JUDGE_MODEL"):
-        evaluate.evaluate_checkpoint(cfg, run, jobs, local_data={})
+        runner.evaluate_checkpoint(cfg, run, jobs, local_data={})
+
+
+def test_xlsum_tokenizer_note_covers_every_non_latin_script_of_the_paper():
+    """Arabic, Devanagari, Chinese and Japanese text all vanish under rouge_score's default tokenizer (issue 12);
+    the note compares the paper's numbers with our default-tokenizer ROUGE, language by language."""
+    scripts = eval_tables.script_check().set_index("language")
+    assert set(scripts.index) == set(eval_tables.SCRIPT_SAMPLES) == {
+        "arabic", "chinese_simplified", "french", "hindi", "japanese", "spanish"}
+    non_latin = ["arabic", "chinese_simplified", "hindi", "japanese"]
+    assert (scripts.loc[non_latin, "script"] != "Latin").all()
+    assert (scripts.loc[non_latin, "perfect_default"] == 0).all()
+    assert (scripts.loc[non_latin, "default_token_share"] == 0).all()
+    assert (scripts.loc[["french", "spanish"], "perfect_default"] == 1).all()
+    comparison = pd.DataFrame([
+        {"run": "r", "checkpoint": "P1", "language": "arabic", "script": "Arabic", "n": 3, "rougeL_unicode": 0.4,
+         "rougeL_default": 0.0, "perfect_default": 0.0, "default_token_share": 0.0},
+        {"run": "r", "checkpoint": "P1", "language": "french", "script": "Latin", "n": 3, "rougeL_unicode": 0.3,
+         "rougeL_default": 0.3, "perfect_default": 1.0, "default_token_share": 0.9}],
+        columns=eval_tables.COMPARISON_COLUMNS)
+    note = eval_tables.rouge_tokenizer_note(comparison)
+    for lang in non_latin:
+        assert f"{lang} (" in note  # every non-Latin script is tested
+        assert f"{lang} 0." in note  # and the paper's value for it is quoted
+    # like with like: the paper's (default-tokenizer) number beside our default-tokenizer ROUGE for the language
+    assert "arabic 0.005 (0.09 of Latin, ours with the default tokenizer 0.000)" in note
+    assert "Below a quarter of the Latin-script value in arabic" in note and "likely measure the tokenizer" in note

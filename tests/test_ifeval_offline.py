@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cft_utils import ifeval_offline as IO
+from cft_utils.evaluation import ifeval_offline as IO
 
 PROMPTS = {
     r["key"]: r
@@ -34,6 +34,9 @@ def _clear_lm_eval_cache():
 def isolated_nltk(monkeypatch, tmp_path):
     """NLTK sees only tmp_path (nothing installed); env changes are undone afterwards."""
     import nltk
+    from lm_eval.tasks.ifeval import (
+        instructions_util,  # noqa: F401 - its import adds <venv>/nltk_data to the path
+    )
 
     monkeypatch.setattr(nltk.data, "path", [])
     monkeypatch.setenv("NLTK_DATA", "")
@@ -173,7 +176,7 @@ def test_lm_eval_ifeval_task_runs_offline_on_local_prompts(punkt_ready, tmp_path
     import lm_eval.tasks
     from lm_eval.api.model import LM
 
-    from cft_utils.tasks import task_manager
+    from cft_utils.evaluation.tasks.manager import task_manager
 
     canned = {}
     for key, response, follows in CASES:

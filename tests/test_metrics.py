@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cft_utils import metrics as M
+from cft_utils.evaluation import metrics as M
 
 
 @pytest.mark.parametrize(

@@ -8,19 +8,19 @@ import json
 import pytest
 
 from cft_utils.config import load_config
+from cft_utils.evaluation.metrics import process_results_gold_f1
 from cft_utils.io import read_jsonl
-from cft_utils.sandbox import SANDBOX_DATASETS, World
-from cft_utils.sandbox_bench import (
+from cft_utils.sandbox.bench import (
     CONSTRAINT_TO_IFEVAL,
     LA_BENCHMARKS,
     REFERENCE_GENERATOR,
     TA_TASKS,
     TrainingInstructions,
     build_bench,
-    process_results_gold_f1,
     reference_output,
     untranslated_words,
 )
+from cft_utils.sandbox.world import SANDBOX_DATASETS, World
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_the_overlap_detector_catches_exact_and_prefix_matches(world):
 def test_ifeval_rows_are_in_ifeval_format_and_lm_eval_scores_them(bench):
     from lm_eval.tasks.ifeval.utils import process_results
 
-    from cft_utils.ifeval_offline import prepare_ifeval
+    from cft_utils.evaluation.ifeval_offline import prepare_ifeval
 
     prepare_ifeval()
     rows = bench["rows"]["sb_ifeval"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cft_utils.tasks import (
+from cft_utils.evaluation.tasks.manager import (
     GROUPS,
     PAPER_TASKS_DIR,
     XLSUM_LANGUAGES,

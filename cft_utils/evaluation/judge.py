@@ -6,9 +6,10 @@ instruction (805 in the full set) and lets GPT-4 pick the better one. Here:
 * A :class:`Judge` returns a :class:`Verdict` for ``(instruction, output_a, output_b)``: winner
   ``"A"``, ``"B"``, ``"tie"`` or ``None`` (the judge's answer could not be parsed: *missing*, never
   counted as a loss), plus the raw judge text and the prompt sent.
-* Judges: :class:`OpenAICompatibleJudge` (any ``/chat/completions`` endpoint; model, base URL and
-  key from ``CFT_JUDGE_MODEL``, ``CFT_JUDGE_BASE_URL``, ``CFT_JUDGE_API_KEY``; plain urllib; the key
-  is only ever put in the ``Authorization`` header), :class:`TransformersJudge` (a local causal LM:
+* Judges: :class:`OpenAICompatibleJudge` (any ``/chat/completions`` endpoint through the ``openai``
+  client with ``base_url``; model, base URL and key from ``CFT_JUDGE_MODEL``, ``CFT_JUDGE_BASE_URL``,
+  ``CFT_JUDGE_API_KEY``; the key is only ever put in the ``Authorization`` header), :class:`TransformersJudge`
+  (a local causal LM:
   compares the log-probabilities of answering ``A`` and ``B``), :class:`ReferenceMatchJudge`
   (offline and deterministic, for the sandbox: the output with the higher token F1 against a gold
   answer for the instruction wins).
@@ -35,11 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from cft_utils.io import read_jsonl, write_json, write_jsonl
-from cft_utils.metrics import token_f1
-from cft_utils.openai_compat import post_chat_completions
+from ..config import ExperimentConfig
+from ..io import read_jsonl, write_json, write_jsonl
+from ..models import load_model, load_tokenizer
+from .metrics import token_f1
 
 JUDGE_ENV = {"model": "CFT_JUDGE_MODEL", "base_url": "CFT_JUDGE_BASE_URL", "api_key": "CFT_JUDGE_API_KEY"}
+NO_KEY = "no-key"  # sent to an endpoint that needs none (the openai client refuses to start without a key)
 
 JUDGE_SYSTEM_PROMPT = (
     "You are a careful evaluator of AI assistants. You compare two responses to the same "
@@ -103,7 +106,9 @@ class Judge(Protocol):
 
     name: str
 
-    def judge(self, instruction: str, output_a: str, output_b: str) -> Verdict: ...
+    def judge(self, instruction: str, output_a: str, output_b: str) -> Verdict:
+        """Which of the two outputs answers ``instruction`` better."""
+        ...
 
 
 # --------------------------------------------------------------------------- judges
@@ -113,7 +118,7 @@ class ReferenceMatchJudge:
     """Offline judge: the output with the higher token F1 against the gold answer wins (ties within ``tol``).
 
     ``gold`` maps an instruction to its gold answer; token F1 is
-    :func:`cft_utils.metrics.token_f1` (Unicode-aware, no English-specific normalisation). An
+    :func:`cft_utils.evaluation.metrics.token_f1` (Unicode-aware, no English-specific normalisation). An
     instruction without a gold answer raises ``KeyError``.
     """
 
@@ -133,12 +138,14 @@ class ReferenceMatchJudge:
 
 
 class OpenAICompatibleJudge:
-    """Judge through an OpenAI-compatible ``/chat/completions`` endpoint (plain urllib, no SDK).
+    """Judge through an OpenAI-compatible ``/chat/completions`` endpoint (the ``openai`` client with ``base_url``).
 
     Model, base URL (e.g. ``https://api.openai.com/v1``) and key default to the environment
-    variables in :data:`JUDGE_ENV`. The key is sent only in the ``Authorization`` header; it is not
-    part of ``repr``, of verdicts or of error messages. Transient failures (HTTP 429/5xx, network
-    errors) are retried ``max_retries`` times with exponential backoff, then raised.
+    variables in :data:`JUDGE_ENV` (never ``OPENAI_*``). The key is sent only in the ``Authorization``
+    header; it is not part of ``repr``, of verdicts or of error messages. An endpoint without a key (a local
+    vLLM server) gets the placeholder :data:`NO_KEY`. Transient failures (HTTP 408/409/429/5xx, network
+    errors) are retried ``max_retries`` times by the client (exponential backoff), then raised as
+    ``RuntimeError``; other HTTP errors are raised at once.
     """
 
     def __init__(
@@ -151,44 +158,45 @@ class OpenAICompatibleJudge:
         max_tokens: int = 8,
         timeout: float = 60.0,
         max_retries: int = 4,
-        backoff: float = 2.0,
         system_prompt: str = JUDGE_SYSTEM_PROMPT,
     ):
+        import openai
+
         self.model = model or os.environ.get(JUDGE_ENV["model"])
         self.base_url = (base_url or os.environ.get(JUDGE_ENV["base_url"]) or "").rstrip("/")
-        self.__api_key = api_key if api_key is not None else os.environ.get(JUDGE_ENV["api_key"])
+        api_key = api_key if api_key is not None else os.environ.get(JUDGE_ENV["api_key"])
         missing = [JUDGE_ENV[k] for k, v in (("model", self.model), ("base_url", self.base_url)) if not v]
         if missing:
             raise ValueError(f"OpenAICompatibleJudge needs a model and base URL: set {', '.join(missing)}")
-        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
-        self.max_retries, self.backoff, self.system_prompt = max_retries, backoff, system_prompt
+        self.temperature, self.max_tokens, self.system_prompt = temperature, max_tokens, system_prompt
+        self.__client = openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_KEY, timeout=timeout,
+                                      max_retries=max_retries)
         self.name = f"openai-compatible:{self.model}"
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleJudge(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _post(self, payload: dict) -> dict:
-        return post_chat_completions(self.base_url, payload, self.__api_key, timeout=self.timeout,
-                                     max_retries=self.max_retries, backoff=self.backoff, what="judge endpoint")
+    def complete(self, messages: list[dict]) -> str:
+        """The endpoint's answer to ``messages`` (empty when it sends no text); ``RuntimeError`` naming the URL
+        (never the key) when it refuses or cannot be reached."""
+        import openai
+
+        try:
+            resp = self.__client.chat.completions.create(model=self.model, messages=messages,
+                                                         temperature=self.temperature, max_tokens=self.max_tokens)
+        except openai.APIStatusError as e:
+            raise RuntimeError(f"judge endpoint {self.base_url} answered HTTP {e.status_code}: "
+                               f"{str(e.message)[:300]}") from None
+        except openai.APIConnectionError as e:
+            raise RuntimeError(f"judge endpoint {self.base_url} unreachable: {type(e).__name__}") from None
+        choices = getattr(resp, "choices", None) or []
+        message = getattr(choices[0], "message", None) if choices else None
+        return (getattr(message, "content", None) or "") if message is not None else ""
 
     def judge(self, instruction: str, output_a: str, output_b: str) -> Verdict:
         """Ask the endpoint which response is better; parse its answer."""
         prompt = render_judge_prompt(instruction, output_a, output_b)
-        payload = {
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": prompt},
-            ],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        data = self._post(payload)
-        try:
-            raw = data["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raw = json.dumps(data)[:500]
-            return Verdict(None, raw, prompt)
+        raw = self.complete([{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompt}])
         return Verdict(parse_verdict(raw), raw, prompt)
 
 
@@ -210,13 +218,9 @@ class TransformersJudge:
         system_prompt: str = JUDGE_SYSTEM_PROMPT,
     ):
         if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_model(model)
         if isinstance(tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.margin, self.system_prompt = margin, system_prompt
         self.name = (
@@ -277,6 +281,32 @@ class TransformersJudge:
 def judge_from_env(**kw) -> OpenAICompatibleJudge:
     """An :class:`OpenAICompatibleJudge` configured from ``CFT_JUDGE_*`` environment variables."""
     return OpenAICompatibleJudge(**kw)
+
+
+def judge_label(cfg: ExperimentConfig) -> str:
+    """The name of the profile's judge (``evaluation.judge``) as it enters a cached result's settings."""
+    ev = cfg.evaluation
+    if ev.judge == "openai":
+        return f"openai-compatible:{os.environ.get(JUDGE_ENV['model'], '?')}"
+    if ev.judge == "transformers":
+        return f"transformers:{ev.judge_model}"
+    return "reference-match-f1"
+
+
+def make_judge(cfg: ExperimentConfig, docs: list[dict]) -> Judge:
+    """The profile's AlpacaEval judge; the offline reference judge takes the gold answers from ``docs``."""
+    ev = cfg.evaluation
+    if ev.judge == "openai":
+        return OpenAICompatibleJudge()
+    if ev.judge == "transformers":
+        if not ev.judge_model:
+            raise ValueError(f"{cfg.source_file}: evaluation.judge 'transformers' needs evaluation.judge_model")
+        return TransformersJudge(ev.judge_model, ev.judge_model)
+    missing = [d.get("id", i) for i, d in enumerate(docs) if "gold" not in d]
+    if missing:
+        raise ValueError(f"evaluation.judge 'reference' needs a 'gold' answer in every AlpacaEval document; "
+                         f"missing in {missing[:5]}")
+    return ReferenceMatchJudge({d["instruction"]: d["gold"] for d in docs})
 
 
 # --------------------------------------------------------------------------- data

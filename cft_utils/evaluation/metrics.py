@@ -196,6 +196,18 @@ def rouge_scores(
     return best
 
 
+def process_results_gold_f1(doc: Mapping, results: Sequence[str]) -> dict[str, float]:
+    """lm-eval ``process_results`` of ``sb_alpacaeval``: token F1 of the output to the gold answer."""
+    if "gold" not in doc:
+        raise KeyError(f"sb_alpacaeval document {doc.get('id', '?')!r} has no 'gold' answer")
+    return {"gold_f1": token_f1(results[0].strip(), doc["gold"])}
+
+
+def process_results_output_length(doc: Mapping, results: Sequence[str]) -> dict[str, float]:
+    """lm-eval ``process_results`` of ``cft_alpacaeval``: the output's length in Unicode word tokens."""
+    return {"output_words": float(len(tokenize(results[0])))}
+
+
 def process_results_summary(doc: Mapping, results: Sequence[str]) -> dict[str, float]:
     """lm-eval ``process_results`` for summarisation: ROUGE-1/2/L F1 against ``doc["summary"]``."""
     if "summary" not in doc:
@@ -204,6 +216,22 @@ def process_results_summary(doc: Mapping, results: Sequence[str]) -> dict[str, f
         return rouge_scores(results[0].strip(), doc["summary"])
     except ValueError as e:
         raise ValueError(f"summary document {doc.get('id', '?')!r}: {e}") from e
+
+
+# --------------------------------------------------------------------------- scripts
+
+# Scripts told apart when asking which ones a tokenizer keeps (Unicode script property names).
+SCRIPTS = ("Latin", "Cyrillic", "Greek", "Arabic", "Hebrew", "Devanagari", "Bengali", "Tamil", "Thai", "Han",
+           "Hiragana", "Katakana", "Hangul")
+_SCRIPT_RE = {name: regex.compile(rf"\p{{Script={name}}}") for name in SCRIPTS}
+
+
+def dominant_script(text: str) -> str | None:
+    """The Unicode script most of the letters of ``text`` are written in (``Han`` for Chinese, ``Hiragana``/``Han``
+    for Japanese, ...); None when it has no letter of a known script."""
+    counts = {name: len(rx.findall(text)) for name, rx in _SCRIPT_RE.items()}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
 
 
 def mean_or_nan(values: Iterable[float]) -> float:

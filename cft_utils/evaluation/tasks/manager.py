@@ -1,6 +1,6 @@
-"""Project-owned lm-eval task YAMLs and the helper that points them at local files.
+"""The lm-eval TaskManager for the project's task YAMLs, and the override files that point a task at local data.
 
-``cft_utils/tasks/paper/`` (package data) holds the paper-profile tasks lm-eval lacks or has
+``cft_utils/evaluation/tasks/paper/`` (package data) holds the paper-profile tasks lm-eval lacks or has
 broken: ``cft_xquad_<lang>`` for the 11 XQuAD languages and ``cft_xlsum_<language>`` for the
 paper's six XL-Sum languages, with groups ``cft_xquad`` and ``cft_xlsum`` (unweighted means).
 
@@ -35,7 +35,8 @@ import yaml
 from cft_utils.io import write_jsonl, write_text
 from cft_utils.paths import cft_home
 
-PAPER_TASKS_DIR = Path(__file__).resolve().parent / "paper"
+TASKS_ROOT = Path(__file__).resolve().parent
+PAPER_TASKS_DIR = TASKS_ROOT / "paper"
 
 XQUAD_LANGUAGES = ("ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
 # XL-Sum config name -> ISO 639-1 code.
@@ -93,7 +94,8 @@ def squad_to_records(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _index(include: Iterable[Path]) -> dict:
+def task_index(include: Iterable[Path]) -> dict:
+    """lm-eval's index (name -> entry with kind, YAML path and config) of the task folders ``include``."""
     from lm_eval.tasks._index import TaskIndex
 
     return TaskIndex.build([Path(p) for p in include])
@@ -127,7 +129,7 @@ def write_local_task_dir(
     from lm_eval.tasks._index import Kind
 
     out_dir = Path(out_dir).resolve()
-    index = _index(include)
+    index = task_index(include)
     for name, data_path in local_data.items():
         entry = index.get(name)
         if entry is None or entry.kind is not Kind.TASK:

@@ -1,9 +1,13 @@
 """Task ability (TA) and language ability (LA), zero-shot, on lm-eval; AlpacaEval with a pluggable judge.
 
+(About 600 lines, one idea: running lm-eval on the grid's checkpoints and keeping what it returns -- the jobs a
+profile asks for, the per-task caches, and the tidy rows rebuilt from them. Scoring is in :mod:`.metrics`, judging
+in :mod:`.judge`, tables in :mod:`.tables`.)
+
 What is run comes from the profile's ``evaluation:`` section (:class:`cft_utils.config.EvaluationSpec`): per
 benchmark (a column of the paper's tables) the lm-eval task per language, the headline metric, a document limit,
-a generation budget and a batch size. The sandbox profile names the tasks of ``cft_utils/tasks/sandbox/`` (data
-generated from the world by :mod:`cft_utils.sandbox_bench`); the paper profile names lm-eval's ``ifeval``,
+a generation budget and a batch size. The sandbox profile names the tasks of ``cft_utils/evaluation/tasks/sandbox/``
+(data generated from the world by :mod:`cft_utils.sandbox.bench`); the paper profile names lm-eval's ``ifeval``,
 ``mmlu``, ``hellaswag`` and ``mlqa_*`` and the project's ``cft_xquad_*``, ``cft_xlsum_*`` and
 ``cft_alpacaeval``. The code path is the same.
 
@@ -22,13 +26,16 @@ Backends: lm-eval's ``hf`` (in-process; ``parallelize: true`` shards a large mod
 ``device_map``) or ``vllm`` (``tensor_parallel_size``), chosen by ``evaluation.backend``; the chat template is
 applied when ``evaluation.chat_template`` (or a benchmark's own ``chat_template``) is true.
 
+Notebooks 03 and 04 call :func:`evaluate_suite` (one suite of the grid, with what they show) and
+:func:`benchmark_items` (what the generated benchmarks hold; nothing for fixed public sets).
+
 Example::
 
-    from cft_utils import config, evaluate, train
+    from cft_utils import config, plan
+    from cft_utils.evaluation import runner
     cfg = config.load_config("sandbox")
-    plan = train.plan_runs(cfg)
-    df = evaluate.evaluate_runs(cfg, plan.phase2)          # P1 rows from each run's parent
-    evaluate.evaluate_plan(cfg)                             # the whole grid -> results/sandbox/evaluation.csv
+    df = runner.evaluate_runs(cfg, plan.plan_runs(cfg).phase2)   # P1 rows from each run's parent
+    runner.evaluate_plan(cfg)                                    # the whole grid -> results/sandbox/evaluation.csv
 """
 
 from __future__ import annotations
@@ -43,13 +50,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import BenchmarkSpec, ExperimentConfig
-from .io import atomic_path, read_json, read_jsonl, write_json
-from .paths import PROJECT_ROOT, results_dir
+from ..config import BenchmarkSpec, ExperimentConfig
+from ..io import atomic_path, read_json, read_jsonl, write_json
+from ..models import load_model, load_tokenizer, resolve_precision, use_threads
+from ..paths import PROJECT_ROOT, results_dir
+from ..plan import plan_runs
+from ..sandbox.bench import bench_dir, build_bench
+from ..sandbox.build import sandbox_paths
+from ..sandbox.world import World
+from .ifeval_offline import prepare_ifeval
+from .judge import evaluate_win_rate, judge_label, load_outputs, make_judge
+from .tasks.manager import TASKS_ROOT, task_manager
 
 TIDY_COLUMNS = ["model", "phase1_data", "phase2_data", "strategy", "checkpoint", "benchmark", "language", "metric",
                 "value", "stderr", "n", "run_id"]
-TASKS_ROOT = Path(__file__).resolve().parent / "tasks"
 SUITES = ("ta", "la")
 
 
@@ -69,6 +83,7 @@ class TaskJob:
 
     @property
     def limit(self) -> int | None:
+        """The benchmark's document limit (None: every document)."""
         return self.spec.limit
 
 
@@ -95,6 +110,7 @@ def jobs_for(cfg: ExperimentConfig, suites: Sequence[str] = SUITES) -> list[Task
 
 
 def limit_tag(limit: int | None) -> str:
+    """The limit as it appears in cache file names: ``all`` or the number."""
     return "all" if limit is None else str(limit)
 
 
@@ -109,10 +125,12 @@ def cache_path(run, task: str, limit: int | None) -> Path:
 
 
 def samples_path(run, task: str, limit: int | None) -> Path:
+    """``<run dir>/eval/<task>-<limit>.samples.jsonl``: lm-eval's per-sample records."""
     return eval_dir(run) / f"{task}-{limit_tag(limit)}.samples.jsonl"
 
 
 def judged_path(run, task: str, limit: int | None) -> Path:
+    """``<run dir>/eval/<task>-<limit>.judged.jsonl``: the AlpacaEval judge's records."""
     return eval_dir(run) / f"{task}-{limit_tag(limit)}.judged.jsonl"
 
 
@@ -132,19 +150,43 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def generated_benchmarks(cfg: ExperimentConfig) -> dict | None:
+    """The manifest of the benchmarks generated from the profile's world (built once; files, item counts, items
+    dropped for overlapping training data), or None when ``evaluation.sandbox_bench`` is off."""
+    if not _need_evaluation(cfg).sandbox_bench:
+        return None
+    if cfg.sandbox is None:
+        raise ValueError(f"{cfg.source_file}: evaluation.sandbox_bench needs a 'sandbox' section")
+    return build_bench(World(cfg.sandbox.world_spec()), bench_dir(sandbox_paths(cfg)["world"]))
+
+
+def benchmark_items(cfg: ExperimentConfig):
+    """Items per generated benchmark and items dropped for overlapping training data, as a DataFrame; None when
+    the profile's benchmarks are fixed public sets (nothing generated)."""
+    import pandas as pd
+
+    manifest = generated_benchmarks(cfg)
+    if manifest is None:
+        return None
+    return pd.DataFrame({"items": manifest["counts"], "dropped (overlap with training)": manifest["dropped_overlap"]})
+
+
+def benchmark_overview(cfg: ExperimentConfig):
+    """One row per benchmark of the profile: suite, lm-eval task per language, headline metric, limit, budget."""
+    import pandas as pd
+
+    return pd.DataFrame([{"benchmark": b, "suite": s.suite, "tasks": ", ".join(f"{k}: {v}" for k, v in s.tasks.items()),
+                          "headline metric": s.metric, "limit": s.limit, "max_gen_toks": s.max_gen_toks}
+                         for b, s in _need_evaluation(cfg).benchmarks.items()])
+
+
 def local_task_data(cfg: ExperimentConfig) -> dict[str, Any]:
     """``task -> local file`` (or ``{split: file}``): the sandbox benchmarks of the world (built once when
     ``evaluation.sandbox_bench``) and ``evaluation.local_data`` (paths relative to the project root)."""
     ev = _need_evaluation(cfg)
     data: dict[str, Any] = {}
-    if ev.sandbox_bench:
-        if cfg.sandbox is None:
-            raise ValueError(f"{cfg.source_file}: evaluation.sandbox_bench needs a 'sandbox' section")
-        from .sandbox import World
-        from .sandbox_bench import bench_dir, build_bench
-        from .train import sandbox_paths
-
-        manifest = build_bench(World(cfg.sandbox.world_spec()), bench_dir(sandbox_paths(cfg)["world"]))
+    manifest = generated_benchmarks(cfg)
+    if manifest is not None:
         data.update(manifest["files"])
     for task, v in ev.local_data.items():
         data[task] = {s: str(_resolve(f)) for s, f in v.items()} if isinstance(v, dict) else str(_resolve(v))
@@ -152,7 +194,7 @@ def local_task_data(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def task_dirs(cfg: ExperimentConfig) -> list[Path]:
-    """The task folders to index besides ``cft_utils/tasks/paper``: names under cft_utils/tasks/, paths, or
+    """The task folders to index besides ``tasks/paper``: names under cft_utils/evaluation/tasks/, paths, or
     ``lm_eval:<folder>`` (a folder of lm-eval's built-in tasks, needed to point one at local files)."""
     out = []
     for d in _need_evaluation(cfg).task_dirs:
@@ -171,8 +213,6 @@ def task_dirs(cfg: ExperimentConfig) -> list[Path]:
 def make_task_manager(cfg: ExperimentConfig, tasks: Iterable[str], local_data: dict | None = None):
     """An lm-eval TaskManager that knows ``tasks``: the project's folders first (fast), lm-eval's built-in
     tasks only when a task is not among them."""
-    from .tasks import task_manager
-
     tasks = set(tasks)
     local_data = local_task_data(cfg) if local_data is None else local_data
     wanted = {t: f for t, f in local_data.items()}
@@ -201,7 +241,7 @@ def job_settings(cfg: ExperimentConfig, job: TaskJob, local_data: dict) -> dict:
     s = {"task": job.task, "limit": job.limit, "max_gen_toks": job.spec.max_gen_toks,
          "chat_template": job.chat_template, "data": [_file_digest(Path(f)) for f in files], "seed": ev.seed}
     if job.spec.runner == "alpaca_eval":
-        s.update(judge=_judge_label(cfg), orders=ev.judge_orders, reference_outputs=job.spec.reference_outputs)
+        s.update(judge=judge_label(cfg), orders=ev.judge_orders, reference_outputs=job.spec.reference_outputs)
     return s
 
 
@@ -222,20 +262,12 @@ def _valid_cache(path: Path, settings: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------------ models
 
 
-def _precision(p: str) -> str:
-    import torch
-
-    if p != "auto":
-        return p
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
 def make_lm(cfg: ExperimentConfig, model_path: str | Path, batch_size: int):
     """The lm-eval model for one checkpoint: ``hf`` (in-process, or ``parallelize`` over GPUs) or ``vllm``."""
     import torch
 
     ev = cfg.evaluation
-    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[_precision(ev.precision)]
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[resolve_precision(ev.precision)]
     if ev.backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
@@ -245,54 +277,11 @@ def make_lm(cfg: ExperimentConfig, model_path: str | Path, batch_size: int):
 
     if ev.parallelize:
         return HFLM(pretrained=str(model_path), parallelize=True, dtype=dtype, batch_size=batch_size)
-    from .train import load_model, load_tokenizer
-
-    if ev.num_threads and not torch.cuda.is_available():
-        torch.set_num_threads(ev.num_threads)
-    tok = load_tokenizer(model_path)
-    model = load_model(model_path, _precision(ev.precision))
+    use_threads(ev.num_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device)
+    tok = load_tokenizer(model_path)
+    model = load_model(model_path, ev.precision, device=device)
     return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
-
-
-# ------------------------------------------------------------------------------------------------ judges
-
-
-def _judge_label(cfg: ExperimentConfig) -> str:
-    ev = cfg.evaluation
-    if ev.judge == "openai":
-        from .alpaca_eval import JUDGE_ENV
-
-        return f"openai-compatible:{os.environ.get(JUDGE_ENV['model'], '?')}"
-    if ev.judge == "transformers":
-        return f"transformers:{ev.judge_model}"
-    return "reference-match-f1"
-
-
-def make_judge(cfg: ExperimentConfig, docs: list[dict]):
-    """The profile's AlpacaEval judge; the offline reference judge takes the gold answers from ``docs``."""
-    from .alpaca_eval import OpenAICompatibleJudge, ReferenceMatchJudge, TransformersJudge
-
-    ev = cfg.evaluation
-    if ev.judge == "openai":
-        return OpenAICompatibleJudge()
-    if ev.judge == "transformers":
-        if not ev.judge_model:
-            raise ValueError(f"{cfg.source_file}: evaluation.judge 'transformers' needs evaluation.judge_model")
-        return TransformersJudge(ev.judge_model, ev.judge_model)
-    missing = [d.get("id", i) for i, d in enumerate(docs) if "gold" not in d]
-    if missing:
-        raise ValueError(f"evaluation.judge 'reference' needs a 'gold' answer in every AlpacaEval document; "
-                         f"missing in {missing[:5]}")
-    return ReferenceMatchJudge({d["instruction"]: d["gold"] for d in docs})
-
-
-def process_results_output_length(doc: dict, results: list[str]) -> dict[str, float]:
-    """lm-eval ``process_results`` of ``cft_alpacaeval``: the output's length in Unicode word tokens."""
-    from .metrics import tokenize
-
-    return {"output_words": float(len(tokenize(results[0])))}
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval
@@ -345,7 +334,8 @@ def _task_samples(results: dict, task: str) -> list[dict]:
     return out
 
 
-def _output_text(sample: dict) -> str:
+def output_text(sample: dict) -> str:
+    """The (filtered) generated text of one lm-eval sample record; empty when it holds none."""
     r = sample.get("filtered_resps")
     while isinstance(r, list) and r:
         r = r[0]
@@ -364,10 +354,8 @@ def _write_samples(path: Path, samples: list[dict]) -> None:
 
 
 def _judge_alpaca(cfg, run, job: TaskJob, samples: list[dict]) -> dict[str, dict[str, float]]:
-    from .alpaca_eval import evaluate_win_rate, load_outputs
-
     docs = [s["doc"] for s in samples]
-    model_outputs = [{"instruction": d["instruction"], "output": _output_text(s), "generator": run.name}
+    model_outputs = [{"instruction": d["instruction"], "output": output_text(s), "generator": run.name}
                      for d, s in zip(docs, samples, strict=True)]
     if job.spec.reference_outputs:
         wanted = {d["instruction"] for d in docs}
@@ -392,8 +380,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, run, jobs: Sequence[TaskJob], *, 
     """Evaluate one checkpoint (a RunPlan) on ``jobs``, skipping tasks whose cache is valid; returns a summary
     ``{"run_id", "evaluated": [tasks], "cached": [tasks], "seconds"}``."""
     import lm_eval
-
-    from .ifeval_offline import prepare_ifeval
 
     if not run.done():
         raise RuntimeError(f"{run.name} ({run.run_id}) is not trained yet: run notebooks 01-02 (or train.execute)")
@@ -445,6 +431,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, run, jobs: Sequence[TaskJob], *, 
 
 
 def _json_num(v):
+    """NaN and None as JSON null (missing); other values unchanged."""
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
@@ -457,7 +444,7 @@ def checkpoints_of(runs: Iterable) -> list[tuple[str, Any, Any]]:
     out = []
     for r in runs:
         if r.phase == 2:
-            out += [("P1", r.extra["parent"], r), ("P2", r, r)]
+            out += [("P1", r.parent, r), ("P2", r, r)]
         else:
             out.append(("P1", r, r))
     return out
@@ -491,7 +478,7 @@ def tidy_from_caches(cfg: ExperimentConfig, runs: Iterable, suites: Sequence[str
 
 def evaluate_runs(cfg: ExperimentConfig, runs: Sequence, suites: Sequence[str] = SUITES, force: bool = False,
                   progress: bool = True):
-    """Evaluate every checkpoint of ``runs`` (train.RunPlan objects; a Phase 2 run brings its Phase 1 parent as
+    """Evaluate every checkpoint of ``runs`` (RunPlan objects; a Phase 2 run brings its Phase 1 parent as
     the P1 checkpoint) on the profile's suites and return the tidy rows (:data:`TIDY_COLUMNS`).
 
     Each distinct checkpoint is evaluated once; finished tasks come from the caches. Nothing is written to
@@ -532,8 +519,8 @@ def evaluation_seconds(runs: Iterable, cfg: ExperimentConfig, suites: Sequence[s
 
 
 def tidy_path(cfg: ExperimentConfig) -> Path:
-    """``results/<profile>/evaluation.csv``."""
-    return results_dir(cfg.profile) / "evaluation.csv"
+    """``results/<output name>/evaluation.csv`` (the profile's name unless parameters were overridden)."""
+    return results_dir(cfg) / "evaluation.csv"
 
 
 def write_tidy(cfg: ExperimentConfig, df) -> Path:
@@ -547,10 +534,8 @@ def write_tidy(cfg: ExperimentConfig, df) -> Path:
 def plan_cells(cfg: ExperimentConfig) -> list:
     """The runs whose checkpoints the tables need: every Phase 2 run of the grid (P1 = its parent), plus any
     Phase 1 run that is no Phase 2 run's parent."""
-    from .train import plan_runs
-
     plan = plan_runs(cfg)
-    parents = {r.extra["parent"].run_id for r in plan.phase2}
+    parents = {r.parent.run_id for r in plan.phase2}
     return plan.phase2 + [r for r in plan.phase1 if r.run_id not in parents]
 
 
@@ -569,7 +554,7 @@ def tidy_results(cfg: ExperimentConfig):
 
     path = tidy_path(cfg)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no evaluation results yet (run notebook 03/04 or evaluate.evaluate_plan)")
+        raise FileNotFoundError(f"{path}: no evaluation results yet (run notebook 03/04 or runner.evaluate_plan)")
     df = pd.read_csv(path, dtype={c: str for c in TIDY_COLUMNS if c not in ("value", "stderr", "n")},
                      keep_default_na=False, na_values={"value": [""], "stderr": [""], "n": [""]})
     missing = [c for c in TIDY_COLUMNS if c not in df.columns]
@@ -583,3 +568,39 @@ def read_samples(run, task: str, limit: int | None) -> list[dict]:
     """The per-sample records lm-eval logged for one task of one checkpoint (empty when not evaluated)."""
     p = samples_path(run, task, limit)
     return read_jsonl(p) if p.exists() else []
+
+
+# ------------------------------------------------------------------------------------------------ one suite
+
+
+@dataclass
+class SuiteEvaluation:
+    """One suite of the grid evaluated: the tidy rows of both suites (a suite not evaluated yet is NaN), where they
+    were written, the suite's rows as a wide table and the measured seconds per checkpoint."""
+
+    suite: str
+    tidy: Any  # DataFrame, TIDY_COLUMNS
+    path: Path
+    wide: Any  # DataFrame: (cell, checkpoint) x (benchmark, metric) of this suite
+    seconds: Any  # DataFrame: seconds of this suite's tasks per (run, checkpoint)
+
+    @property
+    def summary(self) -> str:
+        """One line: where the tidy file is and how many rows it has."""
+        return f"tidy results: {self.path} ({len(self.tidy)} rows)"
+
+
+def evaluate_suite(cfg: ExperimentConfig, suite: str, force: bool = False) -> SuiteEvaluation:
+    """Evaluate every checkpoint of the grid on one suite (``ta`` or ``la``), write the tidy file and return it
+    with the suite's wide table and timings (what notebooks 03 and 04 show)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; known: {list(SUITES)}")
+    tidy = evaluate_plan(cfg, suites=(suite,), force=force)
+    names = [b for b, s in cfg.evaluation.benchmarks.items() if s.suite == suite]
+    rows = tidy[tidy.benchmark.isin(names)]
+    wide = rows.pivot_table(index=["phase1_data", "phase2_data", "checkpoint"], columns=["benchmark", "metric"],
+                            values="value")
+    seconds = evaluation_seconds(plan_cells(cfg), cfg, suites=(suite,))
+    per_ckpt = (seconds.groupby(["run", "checkpoint"]).seconds.sum().round(1)
+                .rename(f"seconds ({suite.upper()} tasks)").to_frame())
+    return SuiteEvaluation(suite, tidy, tidy_path(cfg), wide, per_ckpt)

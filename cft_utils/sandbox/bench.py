@@ -1,15 +1,16 @@
-"""Sandbox analogues of the paper's benchmarks, generated from the synthetic world (cft_utils.sandbox).
+"""Sandbox analogues of the paper's benchmarks, generated from the synthetic world (cft_utils.sandbox.world).
 
 Each benchmark becomes one JSONL file per task under ``$CFT_HOME/sandbox/<world>/bench/`` and is run by lm-eval
-through the task YAMLs in ``cft_utils/tasks/sandbox/`` (wired to the files by :func:`local_data`).
+through the task YAMLs in ``cft_utils/evaluation/tasks/sandbox/`` (wired to the files by :func:`local_data`); the
+scoring functions the YAMLs name live in :mod:`cft_utils.evaluation.metrics`.
 
 | paper benchmark | sandbox task(s) | what an item is | scored by |
 |---|---|---|---|
 | IFEval | ``sb_ifeval`` | an English held-out instruction plus one or two verifiable constraints (end with a word; answer in double quotes) | lm-eval's own IFEval checkers (``startend:end_checker``, ``startend:quotation``) |
-| AlpacaEval | ``sb_alpacaeval`` | an English held-out instruction of every task family, its gold answer and the output of the fixed reference system (below) | win rate against the reference with :class:`~cft_utils.alpaca_eval.ReferenceMatchJudge` (token F1 to the gold answer decides) |
+| AlpacaEval | ``sb_alpacaeval`` | an English held-out instruction of every task family, its gold answer and the output of the fixed reference system (below) | win rate against the reference with :class:`~cft_utils.evaluation.judge.ReferenceMatchJudge` (token F1 to the gold answer decides) |
 | MMLU | ``sb_mmlu`` | a fact of the world (colour or place of a thing) as a 4-option question, options are full sentences | loglikelihood, acc / acc_norm |
 | HellaSwag | ``sb_hellaswag`` | the first steps of one of the world's short stories, 4 candidate next steps | loglikelihood, acc / acc_norm |
-| XQuAD | ``sb_xquad_<lang>`` | a short context of made-up colour statements and a colour question, the *same* items in every non-English language (parallel, like XQuAD) | SQuAD EM/F1 (cft_utils.metrics) |
+| XQuAD | ``sb_xquad_<lang>`` | a short context of made-up colour statements and a colour question, the *same* items in every non-English language (parallel, like XQuAD) | SQuAD EM/F1 (cft_utils.evaluation.metrics) |
 | MLQA | ``sb_mlqa_<lang>`` | a context of place statements and "what is found in the X ?", items drawn *separately* per language (like MLQA's per-language contexts) | SQuAD EM/F1 |
 | XL-Sum | ``sb_xlsum_<lang>`` | a short text of facts about one thing (and one distracting sentence) with a reference one-sentence summary, per non-English language | ROUGE-1/2/L with the Unicode tokenizer |
 
@@ -33,13 +34,15 @@ import random
 import re
 from pathlib import Path
 
-from .io import read_json, write_json, write_jsonl
-from .sandbox import (
+from ..io import read_json, write_json, write_jsonl
+from .world import (
     ARTICLE,
     COLOURS,
     CONCEPTS,
+    FAMILIES,
     PLACES,
     SANDBOX_DATASETS,
+    STORY_STEPS,
     World,
     apply_constraint,
 )
@@ -47,7 +50,7 @@ from .sandbox import (
 BENCH_VERSION = 1
 TA_TASKS = ("sb_ifeval", "sb_alpacaeval", "sb_mmlu", "sb_hellaswag")
 LA_BENCHMARKS = {"MLQA": "sb_mlqa", "XQuAD": "sb_xquad", "XLSum": "sb_xlsum"}
-# IFEval instruction ids for the world's verifiable constraints (cft_utils.sandbox.apply_constraint).
+# IFEval instruction ids for the world's verifiable constraints (cft_utils.sandbox.world.apply_constraint).
 CONSTRAINT_TO_IFEVAL = {"end_word": "startend:end_checker", "quotes": "startend:quotation"}
 REFERENCE_GENERATOR = "sandbox-reference-half-gold"
 
@@ -157,8 +160,6 @@ def alpacaeval_items(world: World, train: TrainingInstructions) -> tuple[list[di
 
 
 def _families(world: World) -> list[str]:
-    from .sandbox import FAMILIES
-
     return list(FAMILIES)
 
 
@@ -184,13 +185,10 @@ def mmlu_items(world: World, train: TrainingInstructions) -> tuple[list[dict], i
 
 
 def _story_templates() -> list[list[str]]:
-    from . import sandbox
-
-    steps = getattr(sandbox, "STORY_STEPS", None)
-    if not steps or not all(len(s) >= 3 for s in steps):
-        raise RuntimeError("cft_utils.sandbox no longer defines its short stories (STORY_STEPS, lists of >= 3 "
-                           "steps with {n} and {place}); the HellaSwag-like benchmark is built from them")
-    return steps
+    if not STORY_STEPS or not all(len(s) >= 3 for s in STORY_STEPS):
+        raise RuntimeError("cft_utils.sandbox.world's short stories (STORY_STEPS) must be lists of >= 3 steps with "
+                           "{n} and {place}; the HellaSwag-like benchmark is built from them")
+    return STORY_STEPS
 
 
 def hellaswag_items(world: World, train: TrainingInstructions) -> tuple[list[dict], int]:
@@ -319,6 +317,7 @@ def xlsum_items(world: World, train: TrainingInstructions, n: int) -> dict[str, 
 
 
 def bench_dir(world_dir: Path) -> Path:
+    """``<world dir>/bench``: where a world's benchmark files and manifest live."""
     return Path(world_dir) / "bench"
 
 
@@ -371,7 +370,7 @@ def build_bench(world: World, out_dir: Path, n_la: int = 40) -> dict:
 
 
 def local_data(manifest: dict) -> dict[str, str]:
-    """``task -> file`` for :func:`cft_utils.tasks.task_manager` (the bench files of one world)."""
+    """``task -> file`` for :func:`cft_utils.evaluation.tasks.manager.task_manager` (one world's bench files)."""
     return dict(manifest["files"])
 
 
@@ -383,12 +382,3 @@ def language_tasks(languages: list[str]) -> dict[str, dict[str, str]]:
 __all__ = ["build_bench", "local_data", "language_tasks", "reference_output", "TrainingInstructions",
            "ifeval_items", "alpacaeval_items", "mmlu_items", "hellaswag_items", "xquad_items", "mlqa_items",
            "xlsum_items", "untranslated_words", "bench_dir", "CONCEPTS"]
-
-
-def process_results_gold_f1(doc: dict, results: list[str]) -> dict[str, float]:
-    """lm-eval ``process_results`` of ``sb_alpacaeval``: token F1 of the output to the gold answer."""
-    from .metrics import token_f1
-
-    if "gold" not in doc:
-        raise KeyError(f"sb_alpacaeval document {doc.get('id', '?')!r} has no 'gold' answer")
-    return {"gold_f1": token_f1(results[0].strip(), doc["gold"])}
