@@ -53,6 +53,19 @@ class ModelSpec(_Strict):
     )
     revision: str | None = Field(default=None, description="Hub revision (commit) to pin, for reproducibility.")
     trust_remote_code: bool = Field(default=False, description="Kept off unless you trust the model's code.")
+    chat_template: str = Field(
+        default="tokenizer",
+        description="How the base model's prompts are formatted (runs from a checkpoint use the template saved "
+        "with it): 'tokenizer' (its own), 'instruct' (the Instruct model's), or a .jinja file (absolute, or "
+        "relative to the project root, e.g. configs/chat_templates/alpaca.jinja). Base models such as "
+        "Meta-Llama-3-8B ship without one: training checks this before any weights load.")
+
+    def chat_template_file(self) -> Path | None:
+        """The template file this model's ``chat_template`` names (None for 'tokenizer' and 'instruct')."""
+        if self.chat_template in ("tokenizer", "instruct"):
+            return None
+        p = Path(os.path.expanduser(self.chat_template))
+        return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 class SandboxModelSpec(_Strict):
@@ -90,6 +103,9 @@ class SandboxSpec(_Strict):
     instruct_mix: dict[Literal["A", "B", "C"], Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"A": 0.2, "B": 0.4, "C": 0.4})
     n_corpus_documents: Annotated[int, Field(gt=0)] = 8000
+    english_share: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="Share of the monolingual pre-training documents in English (None: every language "
+        "the same share). The paper's base models saw mostly English (LLaMA-2: ~90 %).")
     shared_concept_names: bool = Field(
         default=True, description="Names of the world's things are the same in every language (like proper nouns).")
     model: SandboxModelSpec = Field(default_factory=SandboxModelSpec)
@@ -430,6 +446,21 @@ class AnalysisSpec(_Strict):
 # --------------------------------------------------------------------------------------------- top level
 
 
+class ClaimsSpec(_Strict):
+    """How the paper's claims are decided (cft_utils.analysis.claims): intervals over items and seeds, margins."""
+
+    margin_ta: Annotated[float, Field(ge=0)] = Field(
+        default=0.03, description="Non-inferiority margin for 'task ability is kept' (claim 1), in TA_avg units.")
+    margin_la: Annotated[float, Field(ge=0)] = Field(
+        default=0.03, description="Non-inferiority margin for 'a mitigation keeps the language gain' (claim 5).")
+    similarity_threshold: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.5, description="A Phase 2 cell is similar when its task overlap with Phase 1 is at least this.")
+    mitigation_methods: list[str] = Field(
+        default_factory=lambda: ["GR", "LF_H1", "LF_H2"], description="Strategies claim 5 is about (registry names).")
+    n_replicates: Annotated[int, Field(ge=100)] = Field(default=2000, description="Bootstrap replicates.")
+    level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+
+
 class SlurmSpec(_Strict):
     """SLURM resources of one run's job (submitit); see cft_utils.executor."""
 
@@ -482,6 +513,7 @@ class ExperimentConfig(_Strict):
     analysis: AnalysisSpec = Field(
         default_factory=AnalysisSpec, description="DES, MPD and geometry settings (notebooks 05, 06, 09).")
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="Where and how runs execute.")
+    claims: ClaimsSpec = Field(default_factory=ClaimsSpec, description="Margins and intervals of the claims table.")
 
     # set by load_config, not by the file
     source_file: str | None = Field(default=None, exclude=True)
@@ -582,6 +614,11 @@ def _check_local_paths(cfg: ExperimentConfig, base: Path, file: Path) -> None:
         if d.path and (q := local(d.path)) is not None and not q.exists():
             raise ConfigError(f"{file}: datasets.{key}.path: no such file or folder: {q}")
     for i, m in enumerate(cfg.models):
+        if m.chat_template == "instruct" and not m.instruct:
+            raise ConfigError(f"{file}: models.{i}.chat_template: 'instruct' but model {m.name!r} has no 'instruct'")
+        if (t := m.chat_template_file()) is not None and not t.is_file():
+            raise ConfigError(f"{file}: models.{i}.chat_template: {m.chat_template!r} is neither 'tokenizer', "
+                              f"'instruct' nor a template file (no such file: {t})")
         for field_name in ("base", "instruct"):
             v = getattr(m, field_name)
             if v and v != "sandbox" and (q := local(v)) is not None and not q.exists():

@@ -62,8 +62,8 @@ from .ifeval_offline import prepare_ifeval
 from .judge import evaluate_win_rate, judge_label, load_outputs, make_judge
 from .tasks.manager import TASKS_ROOT, task_manager
 
-TIDY_COLUMNS = ["model", "phase1_data", "phase2_data", "strategy", "checkpoint", "benchmark", "language", "metric",
-                "value", "stderr", "n", "run_id"]
+TIDY_COLUMNS = ["model", "phase1_data", "phase2_data", "strategy", "checkpoint", "seed", "benchmark", "language",
+                "metric", "value", "stderr", "n", "run_id"]
 SUITES = ("ta", "la")
 
 
@@ -470,7 +470,8 @@ def tidy_from_caches(cfg: ExperimentConfig, runs: Iterable, suites: Sequence[str
             for m in [j.spec.metric, *sorted(k for k in metrics if k != j.spec.metric)]:
                 rows.append({"model": cell.model, "phase1_data": cell.phase1_data,
                              "phase2_data": cell.phase2_data if cell.phase == 2 else None,
-                             "strategy": cell.strategy, "checkpoint": ckpt, "benchmark": j.benchmark,
+                             "strategy": cell.strategy, "checkpoint": ckpt,
+                             "seed": "" if cell.seed is None else str(cell.seed), "benchmark": j.benchmark,
                              "language": j.language, "metric": m, "value": _nan(metrics[m]["value"]),
                              "stderr": _nan(metrics[m]["stderr"]), "n": _nan(c.get("n")), "run_id": run.run_id})
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)

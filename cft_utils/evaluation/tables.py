@@ -73,7 +73,20 @@ def headline(cfg: ExperimentConfig, tidy: pd.DataFrame, strategy: str = "none") 
         rows.append(sub)
     out = pd.concat(rows) if rows else tidy.iloc[0:0]
     out = out[[(b, lang) in want for b, lang in zip(out["benchmark"], out["language"], strict=True)]]
-    return out.drop_duplicates(CELL + ["benchmark", "language"])
+    return mean_over_seeds(out, CELL + ["benchmark", "language"])
+
+
+def mean_over_seeds(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per ``keys``: the value averaged over training seeds (NaN when any seed's value is missing), with
+    ``n_seeds``. A checkpoint shared by several seeds' cells (an off-the-shelf P1) counts once per seed."""
+    if rows.empty:
+        return rows.assign(n_seeds=pd.Series(dtype=int))
+    rows = rows.drop_duplicates(keys + (["seed"] if "seed" in rows.columns else []))
+    g = rows.groupby(keys, dropna=False, sort=False)
+    first = g.first().reset_index()
+    first["value"] = g["value"].agg(lambda v: v.mean() if v.notna().all() else math.nan).to_numpy()
+    first["n_seeds"] = g.size().to_numpy()
+    return first
 
 
 def _cells(cfg: ExperimentConfig, phase2_data: str | None = None) -> list[tuple[str, str, str]]:

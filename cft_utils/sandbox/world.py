@@ -351,12 +351,16 @@ class WorldSpec:
     instruct_mix: dict[str, float] = field(default_factory=lambda: {"A": 0.2, "B": 0.4, "C": 0.4})
     # pre-training corpus size in documents
     n_corpus_documents: int = 8000
+    # share of the monolingual pre-training documents written in English (None: every language the same share)
+    english_share: float | None = None
     # concept names are shared by all languages (like proper nouns); function words are translated
     shared_concept_names: bool = True
 
     def world_id(self) -> str:
         # WORLD_VERSION changes whenever the generators change, so caches built by older code are not reused.
-        blob = json.dumps({"version": WORLD_VERSION, **self.__dict__}, sort_keys=True)
+        # Parameters left at None are left out, so adding one does not rename the worlds built before it.
+        fields = {k: v for k, v in self.__dict__.items() if v is not None}
+        blob = json.dumps({"version": WORLD_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -515,13 +519,21 @@ class World:
     def corpus(self) -> list[str]:
         """The raw multilingual pre-training corpus: facts, lists, stories, parallel and code-switched text."""
         rng = random.Random(f"{self.spec.seed}-corpus")
+        lang_rng = random.Random(f"{self.spec.seed}-corpus-languages")  # its own stream: the documents stay the same
         langs = self.spec.languages
+        others = self.other_languages
+        share = self.spec.english_share
         names = list(self.facts)
         docs = []
         for d in range(self.spec.n_corpus_documents):
             kind = d % 6
             # every kind of document in every language (kind and language must not be correlated)
-            lang = langs[(d // 6) % len(langs)] if kind != 5 else None
+            if kind == 5:
+                lang = None
+            elif share is None:
+                lang = langs[(d // 6) % len(langs)]
+            else:
+                lang = "en" if lang_rng.random() < share else others[lang_rng.randrange(len(others))]
             if kind == 0:  # facts about a few things
                 sents = [s for n in rng.sample(names, 3) for s in fact_sentences(self.facts[n])]
                 rng.shuffle(sents)

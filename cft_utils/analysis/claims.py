@@ -1,0 +1,164 @@
+"""The paper's six claims, each with an estimate, a 95 % interval over test items and training seeds, and a verdict
+decided by the interval (cft_utils.analysis.intervals), written to ``results/<name>/claims.csv``.
+
+| claim | measure | verdict rule |
+|---|---|---|
+| 1 similar Phase 2 data keeps English task ability | ΔTA_avg = TA(P2) − TA(P1), per similar cell | kept: interval above −margin |
+| 2 dissimilar Phase 2 data lowers it | ΔTA_avg, per dissimilar cell | decrease: interval below 0 |
+| 3 DES and MPD place similar pairs closer | DES(similar) − DES(dissimilar); MPD(dissimilar) − MPD(similar) | increase |
+| 4 representations drift more for dissimilar pairs | drift(dissimilar) − drift(similar), per geometry measure | increase |
+| 5 GR and LF reduce the TA loss, keeping most of the LA gain | TA(S) − TA(none) and LA(S) − LA(none) | increase; kept |
+| 6 Phase 2 raises language ability | ΔLA_avg, per cell | increase |
+
+Which Phase 2 cells are *similar* is measured (the task overlap of the two phases' data, cft_utils.evaluation.tables),
+not assumed. Margins for "kept" are parameters of the profile (``claims:``), stated in the table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .intervals import Interval, difference, verdict_change, verdict_kept
+
+CLAIMS = {
+    1: "Phase 2 on similar data keeps English task ability",
+    2: "Phase 2 on dissimilar data lowers English task ability",
+    3: "DES and MPD place similar dataset pairs closer than dissimilar ones",
+    4: "Representations drift more in Phase 2 after a dissimilar Phase 1",
+    5: "Generative replay and layer freezing reduce the task-ability loss and keep most of the language gain",
+    6: "Phase 2 raises language ability",
+}
+COLUMNS = ["claim", "cell", "measure", "estimate", "ci_low", "ci_high", "n_seeds", "n_items", "verdict"]
+ITEM_COLUMNS = ["model", "phase1_data", "phase2_data", "strategy", "method", "checkpoint", "seed", "suite",
+                "benchmark", "language", "item", "value"]
+
+
+def cell_name(model: str, phase1: str, phase2: str) -> str:
+    return f"{model}: {phase1} -> {phase2}"
+
+
+def scores_for(items: pd.DataFrame, suite: str, groups: Mapping[str, pd.DataFrame]) -> dict:
+    """``{label: {benchmark: array(seeds, items)}}`` for the ``suite``'s benchmarks from item-score frames.
+
+    Seeds are aligned by value and items by (language, item id) across the labels, so every label is resampled
+    the same way (paired)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    benches = sorted(items.loc[items["suite"] == suite, "benchmark"].unique())
+    for label, g in groups.items():
+        g = g[g["suite"] == suite]
+        per = {}
+        for b in benches:
+            gb = g[g["benchmark"] == b]
+            wide = gb.pivot_table(index="seed", columns=["language", "item"], values="value", aggfunc="mean")
+            per[b] = wide.sort_index(axis=0).sort_index(axis=1)
+        out[label] = per
+    # align columns (items) per benchmark on the intersection of what every label has
+    for b in benches:
+        cols = None
+        for label in out:
+            c = set(out[label][b].columns)
+            cols = c if cols is None else cols & c
+        cols = sorted(cols or [])
+        for label in out:
+            out[label][b] = out[label][b][cols].to_numpy(dtype=float)
+    return out
+
+
+def _row(claim: int, cell: str, measure: str, iv: Interval, verdict: str) -> dict:
+    return {"claim": claim, "cell": cell, "measure": measure, "estimate": iv.estimate, "ci_low": iv.low,
+            "ci_high": iv.high, "n_seeds": iv.n_seeds, "n_items": iv.n_items, "verdict": verdict}
+
+
+def _cells(items: pd.DataFrame) -> list[tuple[str, str, str]]:
+    d = items[items["strategy"] == "none"]
+    return list(dict.fromkeys(zip(d["model"], d["phase1_data"], d["phase2_data"], strict=True)))
+
+
+def _select(items, model, p1, p2, **eq) -> pd.DataFrame:
+    m = (items["model"] == model) & (items["phase1_data"] == p1) & (items["phase2_data"] == p2)
+    for k, v in eq.items():
+        m &= items[k] == v
+    return items[m]
+
+
+def ability_claims(items: pd.DataFrame, similar: Mapping[tuple[str, str], bool | None], *, margin_ta: float,
+                   margin_la: float, mitigation_methods: Sequence[str], n_replicates: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Claims 1, 2, 5 and 6 from item scores (columns :data:`ITEM_COLUMNS`).
+
+    ``similar[(phase1_data, phase2_data)]``: True / False / None (unknown: claims 1-2 are not decided for it).
+    ``mitigation_methods``: the registry names claim 5 is about (GR, LF_H1, LF_H2).
+    """
+    rows = []
+    kw = {"n_replicates": n_replicates, "seed": seed}
+    for model, p1, p2 in _cells(items):
+        cell = cell_name(model, p1, p2)
+        groups = {"P1": _select(items, model, p1, p2, checkpoint="P1", strategy="none"),
+                  "P2": _select(items, model, p1, p2, checkpoint="P2", strategy="none")}
+        ta = difference(scores_for(items, "ta", groups), "P2", "P1", **kw)
+        la = difference(scores_for(items, "la", groups), "P2", "P1", **kw)
+        kind = similar.get((p1, p2))
+        if kind is True:
+            rows.append(_row(1, cell, "ΔTA_avg (P2 − P1)", ta, verdict_kept(ta, margin_ta)))
+        elif kind is False:
+            rows.append(_row(2, cell, "ΔTA_avg (P2 − P1)", ta, verdict_change(ta, "decrease")))
+        rows.append(_row(6, cell, "ΔLA_avg (P2 − P1)", la, verdict_change(la, "increase")))
+        mit = _select(items, model, p1, p2, checkpoint="P2")
+        mit = mit[mit["method"].isin(list(mitigation_methods))]
+        for label in sorted(mit["strategy"].unique()):
+            g = {"none": groups["P2"], label: mit[mit["strategy"] == label]}
+            dta = difference(scores_for(items, "ta", g), label, "none", **kw)
+            dla = difference(scores_for(items, "la", g), label, "none", **kw)
+            rows.append(_row(5, cell, f"ΔTA_avg ({label} − unmitigated)", dta, verdict_change(dta, "increase")))
+            rows.append(_row(5, cell, f"ΔLA_avg ({label} − unmitigated)", dla, verdict_kept(dla, margin_la)))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def seed_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Mean of per-seed values with a t interval over seeds (NaN interval with one seed)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x == x], dtype=float)
+    if v.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, 0, level)
+    if v.size == 1:
+        return Interval(float(v[0]), math.nan, math.nan, 1, 0, level)
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return Interval(float(v.mean()), float(v.mean() - half), float(v.mean() + half), int(v.size), 0, level)
+
+
+def ordering_claim(claim: int, cell: str, measure: str, closer: Sequence[float], farther: Sequence[float],
+                   n_items: int = 0) -> dict:
+    """Claims 3-4 from per-seed (or per-replicate) values: farther − closer must be positive."""
+    diffs = [f - c for c, f in zip(closer, farther, strict=True)]
+    iv = seed_interval(diffs)
+    iv = Interval(iv.estimate, iv.low, iv.high, iv.n_seeds, n_items, iv.level)
+    return _row(claim, cell, measure, iv, verdict_change(iv, "increase"))
+
+
+def bootstrap_ordering_claim(claim: int, cell: str, measure: str, closer: np.ndarray, farther: np.ndarray,
+                             n_items: int) -> dict:
+    """Claims 3-4 from bootstrap replicates (paired: the same resampling for both): farther − closer > 0."""
+    d = np.asarray(farther, dtype=float) - np.asarray(closer, dtype=float)
+    est = float(np.median(d))
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    iv = Interval(est, float(lo), float(hi), 1, n_items)
+    return _row(claim, cell, measure, iv, verdict_change(iv, "increase"))
+
+
+def verdict_summary(claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: how many of its rows hold, fail or are inconclusive."""
+    if claims.empty:
+        return pd.DataFrame(columns=["claim", "statement", "holds", "fails", "inconclusive"])
+    c = claims.groupby("claim")["verdict"].value_counts().unstack(fill_value=0)
+    for k in ("holds", "fails", "inconclusive"):
+        if k not in c.columns:
+            c[k] = 0
+    c = c[["holds", "fails", "inconclusive"]].reset_index()
+    c.insert(1, "statement", c["claim"].map(CLAIMS))
+    return c
+
