@@ -8,6 +8,7 @@ test_train.py and test_notebooks.py share (``<pytest basetemp>/cft-home-smoke``)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -453,11 +454,12 @@ def test_notebooks_07_and_08_execute_in_the_smoke_profile(mitigated, tmp_path_fa
                  "mitigation.strategies": {"GR": {"percents": [5]}, "ER": {"percents": [10]}, "LF_H2": {},
                                            "reversion": {"amounts": [0.25]}}}
     for nb in ("07_generative_replay.ipynb", "08_layer_freezing.ipynb"):
-        path = execute_notebook(nb, "smoke", out, parameters={"overrides": overrides})
+        path = execute_notebook(nb, "smoke", out, overrides=copy.deepcopy(overrides))
         cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
         assert all(c.execution_count is not None for c in cells)
         assert not any(o.get("output_type") == "error" for c in cells for o in c.outputs)
-    fig, res = figures_dir("smoke"), results_dir("smoke")
+    cfg = load_config("smoke", copy.deepcopy(overrides))  # outputs go to the overridden profile's folders
+    fig, res = figures_dir(cfg), results_dir(cfg)
     for f in (fig / "table3.csv", fig / "table3.md", fig / "table3.tex", fig / "fig_pareto.png", fig / "fig_pareto.pdf",
               res / "replay_sets.csv", res / "mitigation_results.csv", res / "mitigation_effects.csv"):
         assert f.exists() and f.stat().st_mtime >= t0, f

@@ -38,7 +38,7 @@ from pathlib import Path
 from ..checkpoints import open_checkpoint, parameter_difference, parse_param_name, rank_heads, rank_layers
 from ..config import ExperimentConfig
 from ..io import read_json
-from ..plan import phase1_model_dir, model_spec
+from ..plan import model_spec, phase1_model_dir
 from ..runs import RunPlan
 from .base import Cell, Hooks, TrainingStrategy
 
