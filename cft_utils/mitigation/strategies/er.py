@@ -9,11 +9,15 @@ from ..replay import Percent, PercentsParams, ReplayStrategy
 
 
 class Params(PercentsParams):
+    """ER's parameters: one run per share k (% of the Phase 2 set's size)."""
+
     percents: list[Percent] = [10.0]
 
 
 @register
 class EnglishReplay(ReplayStrategy):
+    """ER_k: the counterparts' original English answers, added to Phase 2."""
+
     name = "ER"
     label_prefix = "ER"
     order = 50

@@ -9,11 +9,15 @@ from ..replay import Percent, PercentsParams, ReplayStrategy
 
 
 class Params(PercentsParams):
+    """GR's parameters: one run per share k (% of the Phase 2 set's size)."""
+
     percents: list[Percent] = [5.0, 10.0]
 
 
 @register
 class GenerativeReplay(ReplayStrategy):
+    """GR_k: the Phase 1 model's English answers to the counterparts, added to Phase 2."""
+
     name = "GR"
     label_prefix = "GR"
     order = 30

@@ -12,11 +12,15 @@ from ..posthoc import interpolate_checkpoints
 
 
 class Params(Parameters):
+    """One run per α in [0, 1] (0: the Phase 1 model, 1: the Phase 2 model)."""
+
     alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
 
 
 @register
 class Interpolation(PosthocStrategy):
+    """Interp_α: (1 − α)·θ_P1 + α·θ_P2, streamed."""
+
     name = "interpolation"
     label_prefix = "Interp"
     order = 60

@@ -12,11 +12,15 @@ from ..freeze import FreezePlan, FreezingStrategy, model_layer_count, select_lf_
 
 
 class Params(Parameters):
+    """LF_H1's parameters (the budget itself is shared: ``mitigation.freezing``)."""
+
     scope: Literal["block", "qkv"] = "block"  # freeze the whole decoder block, or only its q/k/v projections
 
 
 @register
 class RandomLayers(FreezingStrategy):
+    """LF_H1: a seeded random choice of the budget's layers is frozen."""
+
     name = "LF_H1"
     order = 10
     Params = Params

@@ -13,12 +13,16 @@ from ..freeze import FreezePlan, FreezingStrategy, model_layer_count, select_lf_
 
 
 class Params(Parameters):
+    """LF_H2's parameters (the budget itself is shared: ``mitigation.freezing``)."""
+
     granularity: Literal["layer", "head"] = "layer"  # whole projections of the chosen layers, or head rows
     measure: Literal["absolute", "relative"] = "absolute"  # ||W_p1 - W_base||, or divided by ||W_base||
 
 
 @register
 class MostChangedLayers(FreezingStrategy):
+    """LF_H2: the layers (or heads) that changed most base -> Phase 1 are frozen."""
+
     name = "LF_H2"
     order = 20
     Params = Params

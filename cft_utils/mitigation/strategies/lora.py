@@ -11,6 +11,8 @@ from ..base import Hooks, Parameters, TrainingStrategy, register
 
 
 class Params(Parameters):
+    """LoRA's parameters (PEFT ``LoraConfig``) and its own learning rate."""
+
     r: Annotated[int, Field(gt=0)] = 16
     alpha: Annotated[float, Field(gt=0)] = 32
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
@@ -29,6 +31,8 @@ class Params(Parameters):
 
 @register
 class LoRA(TrainingStrategy):
+    """LoRA: Phase 2 trains merged-at-the-end adapters instead of the full model."""
+
     name = "LoRA"
     order = 40
     Params = Params

@@ -13,6 +13,8 @@ from ..posthoc import revert_checkpoint
 
 
 class Params(Parameters):
+    """One run per share of units reset; how units are ranked and what a unit is."""
+
     amounts: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.25])  # share of units
     criterion: Literal["relative_update", "absolute_update"] = "relative_update"  # ||ΔW|| / ||W_P1||, or ||ΔW||
     granularity: Literal["module", "layer"] = "module"
@@ -20,6 +22,8 @@ class Params(Parameters):
 
 @register
 class Reversion(PosthocStrategy):
+    """Revert_a: the Phase 2 model with its most-moved units reset to Phase 1."""
+
     name = "reversion"
     label_prefix = "Revert"
     order = 70
