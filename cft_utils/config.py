@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -688,7 +689,7 @@ def load_config(profile_or_path: str | os.PathLike = "sandbox", overrides: dict[
         if not isinstance(overrides, dict):
             raise ConfigError(f"{file}: overrides must be a mapping of dotted keys to values, got {overrides!r}")
     for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value, file)
+        set_dotted(raw, dotted, copy.deepcopy(value), file)  # never write into the caller's values
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

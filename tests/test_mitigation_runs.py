@@ -27,7 +27,7 @@ from cft_utils.config import ConfigError, load_config
 from cft_utils.mitigation.execute import execute_mitigation
 from cft_utils.mitigation.plan import plan_mitigations
 from cft_utils.mitigation.posthoc import interpolate_checkpoints, revert_checkpoint
-from cft_utils.mitigation.tables import (
+from cft_utils.evaluation.mitigation_tables import (
     ability_scores,
     mitigation_paper_table,
     mitigation_results,

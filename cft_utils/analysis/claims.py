@@ -33,8 +33,6 @@ CLAIMS = {
     6: "Phase 2 raises language ability",
 }
 COLUMNS = ["claim", "cell", "measure", "estimate", "ci_low", "ci_high", "n_seeds", "n_items", "verdict"]
-ITEM_COLUMNS = ["model", "phase1_data", "phase2_data", "strategy", "method", "checkpoint", "seed", "suite",
-                "benchmark", "language", "item", "value"]
 
 
 def cell_name(model: str, phase1: str, phase2: str) -> str:
@@ -88,7 +86,7 @@ def _select(items, model, p1, p2, **eq) -> pd.DataFrame:
 def ability_claims(items: pd.DataFrame, similar: Mapping[tuple[str, str], bool | None], *, margin_ta: float,
                    margin_la: float, mitigation_methods: Sequence[str], n_replicates: int = 2000,
                    seed: int = 0) -> pd.DataFrame:
-    """Claims 1, 2, 5 and 6 from item scores (columns :data:`ITEM_COLUMNS`).
+    """Claims 1, 2, 5 and 6 from item scores (cft_utils.evaluation.items.item_scores).
 
     ``similar[(phase1_data, phase2_data)]``: True / False / None (unknown: claims 1-2 are not decided for it).
     ``mitigation_methods``: the registry names claim 5 is about (GR, LF_H1, LF_H2).

@@ -15,8 +15,10 @@ notebooks read the registry; nothing else lists strategy names.
 | ``plan`` | every mitigation run of a profile (typed :class:`~cft_utils.runs.RunPlan` with a ``variant``) |
 | ``freezing`` | which layers/heads each planned freezing run freezes (notebooks 06 and 08) |
 | ``execute`` | one run: train with the strategy's hooks, or write the post-hoc checkpoint |
-| ``scores``, ``tables`` | TA/LA scores, Tables 3 and C6, the Pareto figure, the strategies' effects |
 | ``cli`` | ``python -m cft_utils.mitigation --params sandbox --list`` |
+
+Scoring the mitigation runs and Tables 3/C6 live above this package, in ``cft_utils.evaluation.mitigation_scores``
+and ``mitigation_tables`` (they read the registry for labels and order).
 
 Adding a strategy: one file in ``strategies/`` (or anywhere, then ``base.register``) plus its parameters under
 ``mitigation.strategies`` in the profile; see README, "Extending".

@@ -93,33 +93,34 @@ def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[st
         for ckpt, run in (("P1", parent), ("P2", r)):
             for row in probe(run):
                 rows.append({"model": r.model, "phase1_data": r.phase1_data, "phase2_data": r.phase2_data,
-                             "strategy": r.strategy, "checkpoint": ckpt, **row})
+                             "strategy": r.strategy, "checkpoint": ckpt, "seed": r.seed, **row})
     return pd.DataFrame(rows)
 
 
-def probe_verdict(probe, language: str = "en") -> str:
-    """Plain sentences, computed from the probe, on whether the paper's direction holds in the sandbox: the
-    mean over task families of ``answer_match`` (task skill) and ``exact_match`` (in the prompt's language),
-    Phase 1 vs Phase 2, for every cell; similar cells (the Phase 2 set renders the Phase 1 set's tasks) should
-    keep task ability and dissimilar ones (Instruct -> ...) lose some."""
+def probe_summary(probe, similarity=None, language: str = "en") -> str:
+    """Plain sentences with the probe's numbers, per cell: task skill (``answer_match``, mean over families and
+    seeds), strict exact match and the share of answers in ``language``, Phase 1 -> Phase 2. ``similarity`` (the
+    measured task overlap per cell, cft_utils.evaluation.tables.task_overlap_similarity) labels each cell similar or
+    dissimilar. No verdict here: a probe of a few items has no interval; the claims table decides."""
     d = probe[probe.language == language]
+    kind = {}
+    if similarity is not None:
+        for r in similarity.itertuples():
+            kind[(r.phase1_data, r.phase2_data)] = (f"similar, task overlap {r.task_overlap:.2f}" if r.similar
+                                                    else f"dissimilar, task overlap {r.task_overlap:.2f}"
+                                                    if r.similar is False else "similarity unknown")
     lines = []
-    similar_ok, dissimilar_ok = [], []
     for (m, p1, p2), g in d.groupby(["model", "phase1_data", "phase2_data"], sort=False):
         mean = g.groupby(["checkpoint"])[["answer_match", "exact_match", "in_language"]].mean()
         a1, a2 = mean.loc["P1", "answer_match"], mean.loc["P2", "answer_match"]
         e1, e2 = mean.loc["P1", "exact_match"], mean.loc["P2", "exact_match"]
         l2 = mean.loc["P2", "in_language"]
-        similar = p1 != "Instruct"
-        kept = a2 >= a1 - 0.02
-        (similar_ok if similar else dissimilar_ok).append(kept if similar else a2 < a1 - 0.02)
-        lines.append(f"{m} {p1} -> {p2} ({'similar' if similar else 'dissimilar'}): task skill {a1:.2f} -> {a2:.2f} "
-                     f"({'kept' if kept else 'lost'}); strict English exact match {e1:.2f} -> {e2:.2f}; "
-                     f"{l2:.0%} of Phase 2 answers in {language_name(language)}.")
-    verdict = ("The paper's direction holds for task skill" if all(similar_ok) and all(dissimilar_ok)
-               else "The paper's direction does not fully hold for task skill")
-    lines.append(f"{verdict}: similar cells kept it in {sum(similar_ok)}/{len(similar_ok)}, dissimilar cells lost "
-                 f"it in {sum(dissimilar_ok)}/{len(dissimilar_ok)} (answer in any language, mean over families).")
+        n_seeds = g["seed"].nunique() if "seed" in g.columns else 1
+        lines.append(f"{m} {p1} -> {p2} ({kind.get((p1, p2), 'similarity not measured')}): task skill "
+                     f"{a1:.2f} -> {a2:.2f} ({a2 - a1:+.2f}); strict English exact match {e1:.2f} -> {e2:.2f}; "
+                     f"{l2:.0%} of Phase 2 answers in {language_name(language)} (mean over {n_seeds} seed(s)).")
+    lines.append("These are probe numbers on a few held-out items, without intervals; the claims table "
+                 "(notebooks 03-04, results/<profile>/claims.csv) decides whether the paper's direction holds.")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from ..config import ExperimentConfig
-from ..evaluation.runner import evaluate_runs
+from .runner import evaluate_runs
 from ..io import read_json, write_json
 from ..runs import RunPlan
 from ..sandbox.probe import exact_match_probe

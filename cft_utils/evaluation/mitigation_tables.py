@@ -1,5 +1,5 @@
 """Tables 3 and C6, the TA–LA Pareto figure and the strategies' effects, from tidy TA/LA scores
-(:mod:`cft_utils.mitigation.scores`); rows are ordered by the registry (:func:`registry.table_order`), so a new
+(:mod:`cft_utils.evaluation.mitigation_scores`); rows are ordered by the registry (:func:`registry.table_order`), so a new
 strategy's rows land in its declared place without an edit here."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from ..outputs import save_figure, save_table
 from ..paper import paper_values
 from ..paths import figures_dir
 from ..runs import RunPlan
-from .registry import strategy_of, table_order
-from .scores import LA_BENCHMARKS, TA_BENCHMARKS
+from ..mitigation.registry import strategy_of, table_order
+from .mitigation_scores import LA_BENCHMARKS, TA_BENCHMARKS
 
 
 def _headline(tidy, metrics: dict | None):
