@@ -237,8 +237,17 @@ def prepare(cfg: ExperimentConfig, runs: Sequence[RunPlan]) -> None:
     base model or the sandbox mOpenOrca in the same folder would race), and every dataset the runs train on is
     loaded once, so bad data fails before any compute."""
     from .data.loaders import load_records
+    from .models import check_model_source
+    from .plan import model_spec
     from .sandbox.build import ensure_sandbox
 
+    # Model folders and hub ids first: not a causal LM, pickle-only weights or a hub id offline fail here, by name.
+    for init, model in sorted({(r.init, r.model) for r in runs if r.init != "sandbox-base"
+                               and not r.init.startswith("run:")}):
+        m = model_spec(cfg, model)
+        i = next(i for i, x in enumerate(cfg.models) if x.name == model)
+        key = "instruct" if init == m.instruct and init != m.base else "base"
+        check_model_source(init, f"{cfg.source_file}: models.{i}.{key} ({model})", m.revision, m.trust_remote_code)
     if cfg.sandbox is not None and any(r.init == "sandbox-base" for r in runs):
         ensure_sandbox(cfg)
     for key in sorted({r.data_key for r in runs if r.data_key and r.data_key in cfg.datasets}):

@@ -13,7 +13,9 @@ template's end-of-turn token; :func:`generate` stops on any of them.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +50,134 @@ def use_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
+class RemoteCodeWarning(UserWarning):
+    """A model or tokenizer is loaded with ``trust_remote_code=True``: code from its folder or repository runs."""
+
+
+def warn_remote_code(source) -> None:
+    """Say loudly that ``source``'s own Python code will run (``trust_remote_code`` is on for it)."""
+    warnings.warn(f"trust_remote_code is ON for {source}: Python code shipped with the model will run in this "
+                  f"process. Turn it off (models.<i>.trust_remote_code: false) unless you have read that code.",
+                  RemoteCodeWarning, stacklevel=3)
+
+
+class ModelSourceError(ValueError):
+    """A model folder or hub id cannot be used: not a causal LM, no safetensors weights, damaged weights, or not
+    reachable; the message names the folder or id (and the configuration key when the caller gives it)."""
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _causal_lm_mapping() -> tuple[dict, set[str], set[str]]:
+    """transformers' model_type -> causal-LM class, the set of those classes, and the encoder families among them
+    (model types that also have a masked-LM class: BERT, RoBERTa, ...; causal only when built as decoders)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    classes: set[str] = set()
+    for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        classes.update(v if isinstance(v, (list, tuple)) else [v])
+    encoders = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) & set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    return dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES), classes, encoders
+
+
+def check_causal_lm_config(config: dict, where: str, trust_remote_code: bool = False) -> None:
+    """Raise :class:`ModelSourceError` unless ``config`` (a config.json) describes a causal LM: its
+    ``architectures`` are causal-LM classes of transformers, or (without them) its ``model_type`` has one and is not
+    an encoder family (BERT's folder would otherwise load as ``BertLMHeadModel`` with a random head)."""
+    mapping, classes, encoders = _causal_lm_mapping()
+    archs = list(config.get("architectures") or [])
+    mtype = config.get("model_type")
+    if trust_remote_code and "AutoModelForCausalLM" in (config.get("auto_map") or {}):
+        return
+    hint = "training, generation and evaluation need a decoder-only causal LM (e.g. LlamaForCausalLM)"
+    if archs:
+        bad = [a for a in archs if a not in classes]
+        if bad:
+            kind = "an encoder" if mtype in encoders else "not a causal language model"
+            raise ModelSourceError(f"{where}: {kind}: config.json names architecture(s) {archs} (model_type "
+                                   f"{mtype!r}); {hint}")
+        return
+    if mtype not in mapping:
+        raise ModelSourceError(f"{where}: config.json has model_type {mtype!r}, which has no causal-LM class in "
+                               f"transformers, and names no architectures; {hint}")
+    if mtype in encoders and not config.get("is_decoder"):
+        raise ModelSourceError(f"{where}: an encoder: config.json has model_type {mtype!r} without is_decoder "
+                               f"(it would load as {mapping[mtype]} with a randomly initialised head); {hint}")
+
+
+def check_model_folder(path: str | Path, where: str | None = None, trust_remote_code: bool = False) -> Path:
+    """Check a local model folder before any weights are read: config.json of a causal LM, safetensors weights
+    (pickle checkpoints are refused: loading them can run code) whose headers match their sizes. Returns the folder."""
+    from .integrity import safetensors_problem
+
+    d = Path(path).expanduser()
+    w = f"{where}: {d}" if where else str(d)
+    cfg_file = d / "config.json"
+    if not cfg_file.is_file():
+        raise ModelSourceError(f"{w}: no config.json: not a model folder")
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelSourceError(f"{w}: config.json is not valid JSON ({e})") from None
+    check_causal_lm_config(config, w, trust_remote_code)
+    weights = sorted(d.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(f.name for pat in PICKLE_WEIGHTS for f in d.glob(pat))
+        if pickles:
+            raise ModelSourceError(f"{w}: only pickle weights ({', '.join(pickles)}); refused, since loading a pickle "
+                                   f"can run arbitrary code. Convert them to safetensors first.")
+        raise ModelSourceError(f"{w}: config.json but no *.safetensors weights")
+    for f in weights:
+        if (p := safetensors_problem(f)) is not None:
+            raise ModelSourceError(f"{w}: damaged weights: {p}")
+    return d
+
+
+def check_model_source(source: str | Path, where: str | None = None, revision: str | None = None,
+                       trust_remote_code: bool = False) -> None:
+    """Check a model folder (:func:`check_model_folder`) or a hub id before any compute: the id's config.json must
+    be reachable (the hub, or the local hub cache when offline) and describe a causal LM. The error names the id
+    and ``where`` (the configuration key)."""
+    p = Path(str(source)).expanduser()
+    if p.is_dir():
+        check_model_folder(p, where, trust_remote_code)
+        return
+    w = f"{where}: model {str(source)!r}" if where else f"model {str(source)!r}"
+    if str(source).startswith((".", "/", "~")):
+        raise ModelSourceError(f"{w}: no such folder ({p.resolve()})")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg_file = hf_hub_download(str(source), "config.json", revision=revision)
+    except Exception as e:  # noqa: BLE001 (offline, unknown repo, gated: all end here, named)
+        from huggingface_hub import constants
+
+        offline = " (HF_HUB_OFFLINE is set and it is not in the local hub cache)" if constants.HF_HUB_OFFLINE else ""
+        raise ModelSourceError(
+            f"{w}: not a local folder and not available from the hub{offline}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Download it where there is network "
+            f"(huggingface-cli download {source}) or point the setting at a local folder.") from None
+    check_causal_lm_config(json.loads(Path(cfg_file).read_text(encoding="utf-8")), w, trust_remote_code)
+
+
 def load_model(path: str | Path, precision: str = "fp32", *, trust_remote_code: bool = False, revision=None,
-               device: str | None = None):
+               device: str | None = None, where: str | None = None):
     """A causal LM from a folder or hub id (safetensors only; remote code off unless asked).
 
-    ``device``: None keeps it where transformers puts it (CPU); ``"auto"`` moves it to the GPU when there is one.
+    The source is checked first (:func:`check_model_source`: a causal-LM config, safetensors weights); ``where``
+    (e.g. the configuration key) is named in its errors. ``device``: None keeps it where transformers puts it
+    (CPU); ``"auto"`` moves it to the GPU when there is one.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    check_model_source(path, where, revision, trust_remote_code)
+    if trust_remote_code:
+        warn_remote_code(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(precision), use_safetensors=True,
                                                  trust_remote_code=trust_remote_code, revision=revision)
     if device == "auto":
@@ -107,7 +228,13 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revisio
     """The tokenizer of a folder or hub id, with a pad token (LLaMA-3 and Mistral ship without one: eos is used)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
+    if trust_remote_code:
+        warn_remote_code(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as e:  # a hub id offline or unknown: name it (transformers' message does not say which setting)
+        raise ModelSourceError(f"tokenizer of {str(path)!r}: not a local folder and not available from the hub: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

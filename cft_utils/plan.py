@@ -8,12 +8,16 @@ run. The mitigation runs are planned on top of this by ``cft_utils.mitigation.pl
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, ModelSpec, TrainingSpec
+from .integrity import file_sha256
+from .io import write_text
 from .models import model_fingerprint
+from .paths import cft_home
 from .runs import RunPlan, run_id
 from .sandbox.build import ensure_sandbox
 
@@ -120,12 +124,73 @@ def base_identity(cfg: ExperimentConfig, m: ModelSpec) -> dict:
     return model_identity(m.base, m.revision)
 
 
+def path_fingerprint(path: Path) -> str:
+    """A content hash of a local file, or of every file in a folder (names and contents; dot-files left out).
+
+    Each file's sha256 is computed once per (path, size, mtime): in this process and across processes through
+    ``$CFT_HOME/cache/sha256/`` (one small file per key), so planning re-reads a data file only after it changed."""
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()
+                                                 and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key = hashlib.sha256(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
+        memo = cft_home() / "cache" / "sha256" / key
+        try:
+            digest = memo.read_text().strip()
+        except OSError:
+            digest = ""
+        if len(digest) != 64:
+            digest = file_sha256(f)
+            try:
+                write_text(memo, digest)
+            except OSError:  # a read-only CFT_HOME: the in-process cache still holds it
+                pass
+        h.update(f"{f.relative_to(path).as_posix() if f != path else ''}\0{digest}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def hub_dataset_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a hub dataset id (and revision) stands for, as :func:`hub_commit` finds it for models."""
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="dataset") / "refs" / (
+            revision or "main")
+        if ref.is_file():
+            return ref.read_text().strip()
+        if constants.HF_HUB_OFFLINE:
+            return None
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except Exception:  # no cache entry and no hub: the id and revision are all we know
+        return None
+
+
 def data_identity(cfg: ExperimentConfig, key: str) -> dict:
-    """What identifies a dataset in run ids: its spec, and for the sandbox the world it comes from."""
-    spec = cfg.datasets[key].model_dump()
-    if cfg.datasets[key].source == "sandbox":
+    """What identifies a dataset in run ids: its spec and its content. The sandbox's datasets are identified by the
+    world they come from; a local file or folder by a hash of its content (:func:`path_fingerprint`: a file edited
+    in place gives new run ids, a copy with the same content the same ones); a hub id by its commit. Nothing is
+    loaded: planning stays fast for a million-record set."""
+    ds = cfg.datasets[key]
+    spec = ds.model_dump()
+    if ds.source == "sandbox":
         spec["name"] = spec["name"] or key  # the key names the world's dataset
         spec["world"] = cfg.sandbox.world_spec().world_id()
+        return spec
+    base = Path(cfg.source_file).parent if cfg.source_file else Path.cwd()
+    p = Path(ds.path).expanduser()
+    p = p if p.is_absolute() else base / p
+    if p.exists():
+        spec["content"] = path_fingerprint(p)
+    elif ds.path.startswith(("/", ".", "~")):
+        spec["content"] = None  # not there yet (mOpenOrca before its build): loading it will say so
+    else:
+        spec["commit"] = hub_dataset_commit(ds.path, ds.revision)
     return spec
 
 

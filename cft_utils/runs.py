@@ -4,6 +4,10 @@ A run lives in ``$CFT_HOME/runs/<run id>/``: ``run.json`` (the resolved configur
 ``checkpoints/`` while training, ``model/`` (safetensors + tokenizer) when done, ``provenance.json`` and a
 ``DONE`` marker written last. Asking for a finished run returns it without compute; asking for an interrupted
 one resumes from its last complete checkpoint.
+
+``DONE`` lists the size and sha256 of every file the run produced (:mod:`cft_utils.integrity`); a run whose files
+no longer match (a truncated ``model.safetensors``, a deleted summary) is reported and counts as not done, so it is
+rebuilt rather than read. One process at a time writes a run (:func:`run_lock`, :mod:`cft_utils.locks`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .integrity import is_complete, mark_complete
 from .io import read_json, read_jsonl
+from .locks import exclusive
 from .paths import PROJECT_ROOT, cft_home
 
 
@@ -38,8 +44,23 @@ def run_dir(rid: str, home: Path | None = None) -> Path:
 
 
 def is_done(rdir: Path) -> bool:
-    """Whether the run folder holds its completion marker."""
-    return (Path(rdir) / "DONE").exists()
+    """Whether the run folder holds its completion marker and every file it lists is intact (a damaged run is
+    reported with a warning naming the run and the file, and is not done)."""
+    return is_complete(rdir, what=f"run {Path(rdir).name}")
+
+
+# Left out of a run's manifest: resumption state, not results.
+NOT_RESULTS = ("checkpoints",)
+
+
+def mark_done(rdir: Path, run_id: str, **info) -> Path:
+    """Write the run's ``DONE`` marker last: ``run_id``, ``info`` and the size and sha256 of every file it holds."""
+    return mark_complete(rdir, exclude=NOT_RESULTS, run_id=run_id, **info)
+
+
+def run_lock(rdir: Path, what: str | None = None, wait: float | None = None):
+    """The run folder's lock (one writer per run): a context manager; see :func:`cft_utils.locks.exclusive`."""
+    return exclusive(Path(rdir), what=what or f"run {Path(rdir).name}", wait=wait)
 
 
 @dataclass(frozen=True)

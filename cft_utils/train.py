@@ -33,10 +33,11 @@ from pathlib import Path
 from .config import ExperimentConfig, ModelSpec, TrainingSpec, load_config, parse_set
 from .data.loaders import load_records, to_hf_dataset
 from .data.schema import validate_record
+from .integrity import clear_marker
 from .io import write_json, write_jsonl
-from .models import load_model, load_tokenizer, resolve_precision, use_threads
+from .models import check_model_source, load_model, load_tokenizer, resolve_precision, use_threads
 from .plan import model_spec, plan_runs
-from .runs import RunPlan, last_complete_checkpoint, provenance
+from .runs import RunPlan, last_complete_checkpoint, mark_done, provenance, run_lock
 from .sandbox.build import ensure_sandbox, sandbox_paths
 from .sandbox.world import World
 
@@ -99,6 +100,16 @@ def resolve_init(run: RunPlan, cfg: ExperimentConfig) -> tuple[str, ModelSpec]:
     return run.init, m
 
 
+def init_where(run: RunPlan, cfg: ExperimentConfig) -> str:
+    """Where a run's starting model comes from, for error messages: the configuration key or the parent run."""
+    if run.init == "sandbox-base":
+        return f"{run.name}: the sandbox base model"
+    if run.init.startswith("run:"):
+        return f"{run.name}: the model of its Phase 1 run {run.parent.name if run.parent else run.init}"
+    i = next((i for i, m in enumerate(cfg.models) if m.name == run.model), "?")
+    return f"{cfg.source_file}: models.{i}.base ({run.model})"
+
+
 def run_records(run: RunPlan, cfg: ExperimentConfig) -> list[dict]:
     """The records a run trains on (before any extra records a mitigation adds)."""
     if run.data_key == "instruct" and run.phase1_data == "Instruct":
@@ -106,9 +117,61 @@ def run_records(run: RunPlan, cfg: ExperimentConfig) -> list[dict]:
     return load_records(cfg, run.data_key)
 
 
+def whole_run_loss(log_history: list[dict]) -> float | None:
+    """The mean training loss over every step of the run, from the Trainer's log history (which a resumed run
+    restores from its checkpoint): each logged window's mean loss weighted by the steps it covers.
+
+    The Trainer's own ``training_loss`` covers only the steps of the last session (after a resume from the final
+    checkpoint it is 0.0); this does not depend on where the run was interrupted. :class:`LogLastStep` makes sure
+    the last window is logged."""
+    total, prev = 0.0, 0
+    for e in log_history:
+        if "loss" in e and e["step"] > prev:
+            total += e["loss"] * (e["step"] - prev)
+            prev = e["step"]
+    return total / prev if prev else None
+
+
+def _log_last_step_callback():
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        """Log the last step too (the Trainer logs every ``logging_steps`` only), before the final checkpoint is
+        saved, so the log history of every checkpoint covers all the steps before it."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
+
+
 def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, force: bool = False,
             model_hook=None, extra_records: list[dict] | None = None, peft_config=None,
             summary_extra: dict | None = None, quiet: bool = False) -> Path:
+    """Train ``run`` unless it is done (and intact); resume it if interrupted. Returns the run's model folder.
+
+    One process at a time writes a run: a second one waits for the first (saying which PID on which host holds it)
+    and then reuses its result; under ``accelerate launch`` (several ranks) it stops with that message instead.
+    A finished run whose files were damaged is reported and rebuilt (resumed from its last checkpoint).
+    """
+    if run.registered:  # an off-the-shelf model
+        return run.model_dir
+    if run.done() and not force:
+        if not quiet:
+            print(f"[train] {run.name} ({run.run_id}): reused (done)", flush=True)
+        return run.model_dir
+    if int(os.environ.get("RANK", "0")) != 0:  # only the main rank holds the lock (the others wait in collectives)
+        return _train(run, cfg, callbacks, force, model_hook, extra_records, peft_config, summary_extra, quiet)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    with run_lock(run.dir, what=f"run {run.name} ({run.run_id})", wait=0 if several else None):
+        return _train(run, cfg, callbacks, force, model_hook, extra_records, peft_config, summary_extra, quiet)
+
+
+def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, force: bool = False,
+           model_hook=None, extra_records: list[dict] | None = None, peft_config=None,
+           summary_extra: dict | None = None, quiet: bool = False) -> Path:
     """Train ``run`` unless it is done; resume it if interrupted. Returns the run's model folder.
 
     ``model_hook(model)`` may change the model before training (freezing); ``callbacks`` are passed to the trainer.
@@ -123,7 +186,7 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
     if run.registered:  # an off-the-shelf model
         return run.model_dir
     rdir = run.dir
-    if run.done() and not force:
+    if run.done() and not force:  # finished by another process while this one waited for the lock
         if not quiet:
             print(f"[train] {run.name} ({run.run_id}): reused (done)", flush=True)
         return run.model_dir
@@ -144,8 +207,12 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
             validate_record(r, f"{run.name}: extra record {i}")
         records = records + list(extra_records)
     init, mspec = resolve_init(run, cfg)
+    # Not a causal LM, pickle-only or damaged weights, a hub id offline: a clear error before anything is loaded.
+    check_model_source(init, init_where(run, cfg), None if run.init.startswith("run:") else mspec.revision,
+                       mspec.trust_remote_code)
     if state.is_main_process:
         rdir.mkdir(parents=True, exist_ok=True)
+        clear_marker(rdir)  # a damaged (or forced) run is rebuilt in place: it is not done until marked again
         write_json(rdir / "run.json", {"name": run.name, "run_id": run.run_id, "resolved": run.resolved,
                                        "init": init, "n_records": len(records)})
     prec = resolve_precision(h.precision)
@@ -156,9 +223,9 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
     args = sft_config(h, rdir / "checkpoints", cfg.seed if run.seed is None else run.seed)
     resume = last_complete_checkpoint(rdir / "checkpoints")
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_hf_dataset(records), processing_class=tok,
-                         callbacks=list(callbacks or []), peft_config=peft_config)
+                         callbacks=[*(callbacks or []), _log_last_step_callback()], peft_config=peft_config)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if peft_config is not None:  # merge the adapters: evaluation and MPD read a plain model
         model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
@@ -177,7 +244,8 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
             "name": run.name, "run_id": run.run_id, "phase": run.phase, "model": run.model,
             "phase1_data": run.phase1_data, "phase2_data": run.phase2_data, "strategy": run.strategy,
             "n_records": len(records), "global_steps": trainer.state.global_step,
-            "final_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
+            "final_loss": losses[-1] if losses else None,
+            "train_loss": whole_run_loss(trainer.state.log_history),  # all steps, also after a resume
             "runtime_s": round(time.time() - t0, 2), "resumed_from": resume, "precision": prec,
             "num_processes": state.num_processes,
             "trainable_parameters": trainable, "n_extra_records": n_extra, **(summary_extra or {}),
@@ -185,7 +253,7 @@ def execute(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, 
         write_json(rdir / "summary.json", summary)
         write_json(rdir / "provenance.json", provenance(seed=run.seed, config_file=cfg.source_file,
                                                          profile=cfg.profile, overrides=cfg.overrides))
-        write_json(rdir / "DONE", {"run_id": run.run_id})
+        mark_done(rdir, run.run_id)
         if not quiet:
             last = f", final loss {losses[-1]:.4f}" if losses else ""
             print(f"[train] {run.name} ({run.run_id}): trained in {summary['runtime_s']:.0f} s, "
