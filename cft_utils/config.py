@@ -356,8 +356,6 @@ class EvaluationSpec(_Strict):
         default=False, description="Generate the sandbox benchmarks from the world (cft_utils.sandbox_bench).")
     local_data: dict[str, str | dict[str, str]] = Field(
         default_factory=dict, description="task -> local file (or {split: file}) instead of the hub.")
-    direction_tolerance: Annotated[float, Field(ge=0)] = Field(
-        default=0.02, description="|P2 - P1| below this counts as 'kept' in the sandbox direction check.")
     benchmarks: dict[str, BenchmarkSpec]
 
 

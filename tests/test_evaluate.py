@@ -126,21 +126,23 @@ def test_bad_evaluation_sections_fail_clearly(tmp_path):
         runner.jobs_for(load_config("smoke"), ["xx"])
 
 
-def test_direction_check_is_computed_from_the_numbers():
+def test_direction_check_states_the_numbers_and_leaves_verdicts_to_the_claims():
+    """Issue 12: a fixed tolerance below one standard error decided verdicts; now the table caption gives the
+    numbers and what the paper expects, and the claims table (with intervals) decides."""
     t = pd.DataFrame({"model": ["m"] * 4, "phase1_data": ["a", "a", "I", "I"], "phase2_data": ["x"] * 4,
                       "checkpoint": ["P1", "P2"] * 2, "TA_avg": [0.5, 0.52, 0.6, 0.3]})
     sim = pd.DataFrame({"model": ["m", "m"], "phase1_data": ["a", "I"], "phase2_data": ["x", "x"],
                         "task_overlap": [1.0, 0.2], "similar": [True, False]})
-    d = eval_tables.direction_check(t, "ta", sim, tol=0.02)
-    assert list(d.observed) == ["kept", "lost"] and list(d.holds) == [True, True]
+    d = eval_tables.direction_check(t, "ta", sim)
+    assert list(d.expected) == ["kept", "lost"] and list(d.delta.round(3)) == [0.02, -0.3]
+    assert "holds" not in d.columns
     text = eval_tables.direction_text(d, "ta")
-    assert "0.500 → 0.520 (+0.020)" in text and "holds in 2 of 2" in text
-    t.loc[1, "TA_avg"] = 0.4  # the similar cell now loses: the direction does not hold there
-    d = eval_tables.direction_check(t, "ta", sim, tol=0.02)
-    assert list(d.holds) == [False, True] and "holds in 1 of 2" in eval_tables.direction_text(d, "ta")
+    assert "0.500 → 0.520 (+0.020)" in text and "similar (task overlap 1.00)" in text
+    assert "dissimilar (task overlap 0.20)" in text and "claims table" in text
+    assert "holds" not in text and "does not hold" not in text
     t.loc[1, "TA_avg"] = float("nan")
     d = eval_tables.direction_check(t, "ta", None)
-    assert list(d.holds) == [None, None] and "could not be assessed" in eval_tables.direction_text(d, "ta")
+    assert list(d.expected) == [None, None] and "missing values" in eval_tables.direction_text(d, "ta")
 
 
 # --------------------------------------------------------------------------------------------- smoke model

@@ -85,34 +85,39 @@ def _select(items, model, p1, p2, **eq) -> pd.DataFrame:
 
 def ability_claims(items: pd.DataFrame, similar: Mapping[tuple[str, str], bool | None], *, margin_ta: float,
                    margin_la: float, mitigation_methods: Sequence[str], n_replicates: int = 2000,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Claims 1, 2, 5 and 6 from item scores (cft_utils.evaluation.items.item_scores).
 
     ``similar[(phase1_data, phase2_data)]``: True / False / None (unknown: claims 1-2 are not decided for it).
     ``mitigation_methods``: the registry names claim 5 is about (GR, LF_H1, LF_H2).
     """
     rows = []
-    kw = {"n_replicates": n_replicates, "seed": seed}
+    kw = {"n_replicates": n_replicates, "seed": seed, "level": level}
+    suites = set(items["suite"])
     for model, p1, p2 in _cells(items):
         cell = cell_name(model, p1, p2)
         groups = {"P1": _select(items, model, p1, p2, checkpoint="P1", strategy="none"),
                   "P2": _select(items, model, p1, p2, checkpoint="P2", strategy="none")}
-        ta = difference(scores_for(items, "ta", groups), "P2", "P1", **kw)
-        la = difference(scores_for(items, "la", groups), "P2", "P1", **kw)
         kind = similar.get((p1, p2))
-        if kind is True:
-            rows.append(_row(1, cell, "ΔTA_avg (P2 − P1)", ta, verdict_kept(ta, margin_ta)))
-        elif kind is False:
-            rows.append(_row(2, cell, "ΔTA_avg (P2 − P1)", ta, verdict_change(ta, "decrease")))
-        rows.append(_row(6, cell, "ΔLA_avg (P2 − P1)", la, verdict_change(la, "increase")))
+        if "ta" in suites and kind is not None:
+            ta = difference(scores_for(items, "ta", groups), "P2", "P1", **kw)
+            if kind:
+                rows.append(_row(1, cell, "ΔTA_avg (P2 − P1)", ta, verdict_kept(ta, margin_ta)))
+            else:
+                rows.append(_row(2, cell, "ΔTA_avg (P2 − P1)", ta, verdict_change(ta, "decrease")))
+        if "la" in suites:
+            la = difference(scores_for(items, "la", groups), "P2", "P1", **kw)
+            rows.append(_row(6, cell, "ΔLA_avg (P2 − P1)", la, verdict_change(la, "increase")))
         mit = _select(items, model, p1, p2, checkpoint="P2")
         mit = mit[mit["method"].isin(list(mitigation_methods))]
-        for label in sorted(mit["strategy"].unique()):
+        for label in sorted(mit["strategy"].unique(), key=str):
             g = {"none": groups["P2"], label: mit[mit["strategy"] == label]}
-            dta = difference(scores_for(items, "ta", g), label, "none", **kw)
-            dla = difference(scores_for(items, "la", g), label, "none", **kw)
-            rows.append(_row(5, cell, f"ΔTA_avg ({label} − unmitigated)", dta, verdict_change(dta, "increase")))
-            rows.append(_row(5, cell, f"ΔLA_avg ({label} − unmitigated)", dla, verdict_kept(dla, margin_la)))
+            if "ta" in suites:
+                dta = difference(scores_for(items, "ta", g), label, "none", **kw)
+                rows.append(_row(5, cell, f"ΔTA_avg ({label} − unmitigated)", dta, verdict_change(dta, "increase")))
+            if "la" in suites:
+                dla = difference(scores_for(items, "la", g), label, "none", **kw)
+                rows.append(_row(5, cell, f"ΔLA_avg ({label} − unmitigated)", dla, verdict_kept(dla, margin_la)))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -160,3 +165,72 @@ def verdict_summary(claims: pd.DataFrame) -> pd.DataFrame:
     c.insert(1, "statement", c["claim"].map(CLAIMS))
     return c
 
+
+
+# ----------------------------------------------------------------------------------------------------- the profile
+
+
+def similarity_map(cfg) -> dict[tuple[str, str], bool | None]:
+    """``{(phase1_data, phase2_data): similar}`` from the measured task overlap (None where it cannot be measured)."""
+    from ..evaluation.tables import task_overlap_similarity
+
+    sim = task_overlap_similarity(cfg, threshold=cfg.claims.similarity_threshold)
+    return {(r.phase1_data, r.phase2_data): r.similar for r in sim.itertuples()}
+
+
+def grid_claims(cfg, suites: Sequence[str], mitigation_runs: Sequence = ()) -> pd.DataFrame:
+    """Claims 1-2 (suite ``ta``), 6 (``la``) for every Phase 2 cell of the grid, and claim 5 for ``mitigation_runs``,
+    from the evaluation caches (nothing is evaluated here)."""
+    from ..evaluation.items import item_scores
+    from ..evaluation.runner import plan_cells
+
+    runs = [r for r in plan_cells(cfg) if r.phase == 2] + list(mitigation_runs)
+    items = item_scores(cfg, runs, suites)
+    if items.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    c = cfg.claims
+    out = ability_claims(items, similarity_map(cfg), margin_ta=c.margin_ta, margin_la=c.margin_la,
+                         mitigation_methods=c.mitigation_methods, n_replicates=c.n_replicates, level=c.level)
+    return out if mitigation_runs else out[out["claim"] != 5].reset_index(drop=True)
+
+
+def claims_path(cfg):
+    """``results/<name>/claims.csv``."""
+    from ..paths import results_dir
+
+    return results_dir(cfg) / "claims.csv"
+
+
+def write_claims(cfg, rows: pd.DataFrame, claims: Sequence[int] | None = None):
+    """Replace the rows of ``claims`` (default: those in ``rows``) in ``results/<name>/claims.csv``, atomically;
+    the other claims' rows are kept. Returns the whole table."""
+    from ..outputs import write_csv
+
+    path = claims_path(cfg)
+    claims = sorted(set(rows["claim"])) if claims is None else list(claims)
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    old = old[~old["claim"].isin(claims)]
+    table = pd.concat([old, rows], ignore_index=True) if len(old) else rows.copy()
+    table = table[COLUMNS].sort_values(["claim", "cell", "measure"], kind="stable").reset_index(drop=True)
+    write_csv(table, path)
+    return table
+
+
+def read_claims(cfg) -> pd.DataFrame:
+    """The claims table written so far (empty with the right columns when there is none)."""
+    path = claims_path(cfg)
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+
+
+def describe(claims: pd.DataFrame) -> list[str]:
+    """One sentence per claims row, generated from its numbers: the estimate, its interval and the verdict."""
+    out = []
+    for r in claims.itertuples():
+        if r.ci_low != r.ci_low:
+            iv = "no interval (one seed, no item resampling)"
+        else:
+            iv = f"95 % interval [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        extent = f"{int(r.n_seeds)} seed(s)" + (f", {int(r.n_items)} test items" if r.n_items else "")
+        out.append(f"Claim {int(r.claim)} ({CLAIMS[int(r.claim)].lower()}), {r.cell}: {r.measure} = {r.estimate:+.3f}, "
+                   f"{iv}, {extent}: {r.verdict}.")
+    return out

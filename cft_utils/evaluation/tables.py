@@ -216,45 +216,34 @@ def _delta_rows(table: pd.DataFrame, value: str) -> pd.DataFrame:
     return d.reset_index()
 
 
-def direction_check(table: pd.DataFrame, suite: str, similarity: pd.DataFrame | None = None,
-                    tol: float = 0.02) -> pd.DataFrame:
-    """Per cell: P1, P2, delta of the suite average, what the paper's direction expects and whether it holds.
-
-    TA: similar data -> 'kept' (delta >= -tol), dissimilar -> 'lost' (delta < -tol). LA: 'rises' (delta > tol).
-    ``holds`` is None where the value or the similarity is missing.
-    """
+def direction_check(table: pd.DataFrame, suite: str, similarity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cell: P1, P2 and the change of the suite average, with the measured similarity of the cell and what the
+    paper expects ('kept' for similar data and 'lost' for dissimilar data in TA; 'rises' in LA). No verdict here:
+    a difference of two means decides nothing without its interval; cft_utils.analysis.claims decides."""
     d = _delta_rows(table, AVG_NAME[suite])
     if similarity is not None:
         d = d.merge(similarity[["model", "phase1_data", "phase2_data", "task_overlap", "similar"]], how="left",
                     on=["model", "phase1_data", "phase2_data"])
     else:
         d["task_overlap"], d["similar"] = float("nan"), None
-    exp, obs, holds = [], [], []
-    for _, r in d.iterrows():
-        if suite == "ta":
-            e = None if _tri(r.similar) is None else ("kept" if _tri(r.similar) else "lost")
-            o = None if math.isnan(r.delta) else ("kept" if r.delta >= -tol else "lost")
-        else:
-            e = "rises"
-            o = None if math.isnan(r.delta) else ("rises" if r.delta > tol else ("flat" if r.delta >= -tol else "falls"))
-        exp.append(e)
-        obs.append(o)
-        holds.append(None if e is None or o is None else e == o)
-    d["expected"], d["observed"], d["holds"] = exp, obs, holds
+    if suite == "ta":
+        d["expected"] = [None if _tri(v) is None else ("kept" if _tri(v) else "lost") for v in d["similar"]]
+    else:
+        d["expected"] = "rises"
     return d
 
 
-def language_direction(table: pd.DataFrame, languages: list[str], tol: float = 0.02) -> pd.DataFrame:
-    """Per cell: in how many languages P2 > P1 + tol, and the average's delta; the paper expects a rise."""
+def language_direction(table: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
+    """Per cell: the change of the average over languages and in how many languages P2 is above P1."""
     rows = []
     d = _delta_rows(table, "avg")
     for _, r in d.iterrows():
         key = (table.model == r.model) & (table.phase1_data == r.phase1_data) & (table.phase2_data == r.phase2_data)
         p1, p2 = table[key & (table.checkpoint == "P1")], table[key & (table.checkpoint == "P2")]
-        up = sum(float(p2[lang].iloc[0]) - float(p1[lang].iloc[0]) > tol for lang in languages)
+        up = sum(float(p2[lang].iloc[0]) > float(p1[lang].iloc[0]) for lang in languages)
         rows.append({"model": r.model, "phase1_data": r.phase1_data, "phase2_data": r.phase2_data, "P1": r.P1,
                      "P2": r.P2, "delta": r.delta, "languages_up": int(up), "languages": len(languages),
-                     "holds": None if math.isnan(r.delta) else bool(r.delta > tol)})
+                     "expected": "rises"})
     return pd.DataFrame(rows)
 
 
@@ -266,7 +255,8 @@ def _tri(v) -> bool | None:
 
 
 def direction_text(check: pd.DataFrame, suite: str | None) -> str:
-    """One sentence per cell with the numbers, and a verdict: does the paper's direction hold here?"""
+    """One sentence per cell with the numbers (means over seeds) and what the paper expects; the verdicts, decided
+    by intervals over test items and seeds, are in the claims table (results/<name>/claims.csv)."""
     if suite == "ta":
         head = "Paper's direction: Phase 2 on similar data keeps task ability, on dissimilar data loses it."
     else:
@@ -277,14 +267,10 @@ def direction_text(check: pd.DataFrame, suite: str | None) -> str:
         if "task_overlap" in r and not (isinstance(r.task_overlap, float) and math.isnan(r.task_overlap)):
             cell += f", {'similar' if _tri(r.similar) else 'dissimilar'} (task overlap {r.task_overlap:.2f})"
         nums = f"{r.P1:.3f} → {r.P2:.3f} ({r.delta:+.3f})" if not math.isnan(r.delta) else "missing values"
-        extra = f", up in {r.languages_up}/{r.languages} languages" if "languages_up" in r else ""
-        verdict = {True: "holds", False: "does not hold", None: "not assessed"}[_tri(r.holds)]
-        obs = f": {r.observed}" if "observed" in r and r.observed else ""
-        parts.append(f"{cell}: {nums}{extra}{obs}, {verdict}.")
-    assessed = [_tri(h) for h in check.holds if _tri(h) is not None]
-    summary = (f"The direction holds in {sum(assessed)} of {len(assessed)} assessed cells."
-               if assessed else "The direction could not be assessed (values or similarity missing).")
-    return " ".join([head, *parts, summary])
+        extra = f", higher in {r.languages_up}/{r.languages} languages" if "languages_up" in r else ""
+        exp = f"; the paper expects it to be {r.expected}" if r.get("expected") else ""
+        parts.append(f"{cell}: {nums}{extra}{exp}.")
+    return " ".join([head, *parts, "Verdicts with 95 % intervals over test items and seeds: the claims table."])
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -293,9 +279,8 @@ def direction_text(check: pd.DataFrame, suite: str | None) -> str:
 def render_tables(cfg: ExperimentConfig, tidy: pd.DataFrame, names: list[str], out_dir: Path,
                   similarity: pd.DataFrame | None = None, strategy: str = "none") -> dict[str, dict]:
     """Render the named tables (keys of :data:`TABLES`) as CSV/Markdown/LaTeX under ``out_dir`` with the paper's
-    values beside ours where it has them; the caption states whether the paper's direction holds.
+    values beside ours where it has them; the caption gives the changes and what the paper expects.
     Returns ``{name: {"table", "direction", "text", "paths"}}``."""
-    tol = cfg.evaluation.direction_tolerance
     out = {}
     for name in names:
         spec = TABLES[name]
@@ -304,7 +289,7 @@ def render_tables(cfg: ExperimentConfig, tidy: pd.DataFrame, names: list[str], o
                 continue
             t = suite_table(cfg, tidy, spec["suite"], spec["phase2_data"], strategy)
             value_cols = [c for c in t.columns if c not in CELL]
-            check = direction_check(t, spec["suite"], similarity, tol)
+            check = direction_check(t, spec["suite"], similarity)
             text = direction_text(check, spec["suite"])
             shown = with_paper_values(t, spec["paper"], value_cols)
         else:
@@ -312,7 +297,7 @@ def render_tables(cfg: ExperimentConfig, tidy: pd.DataFrame, names: list[str], o
                 continue
             t = language_table(cfg, tidy, spec["benchmark"], strategy)
             langs = list(cfg.evaluation.benchmarks[spec["benchmark"]].tasks)
-            check = language_direction(t, langs, tol)
+            check = language_direction(t, langs)
             text = direction_text(check, None)
             shown = with_paper_values(t, spec["paper"], [*langs, "avg"], benchmark=spec["benchmark"])
         paths = save_table(shown, Path(out_dir) / name, caption=f"{spec['title']}. {text}")
