@@ -16,10 +16,12 @@ From a shell, one run, on several processes (DDP / FSDP / DeepSpeed configs in `
 
 ``python -m cft_utils.train --params sandbox --list`` prints the plan with run ids and status.
 
-Loss is on the completion only (TRL's default for prompt/completion data). Batches are padded per batch
-(``padding_free`` is a parameter: TRL's padding-free mode keeps sequences separate and is the better choice
-on GPUs with flash attention; on CPU it measured slower, see STACK_NOTES). Phase 2 loads the Phase 1
-checkpoint as its starting point and keeps no other copy of the Phase 1 weights.
+Loss is on the completion only (TRL's default for prompt/completion data). The training set is tokenised once
+per content by :mod:`cft_utils.tokenized` (TRL's own preparation, cached under ``$CFT_HOME/cache/tokenized``);
+records over ``training.max_length`` tokens are dropped and counted in ``summary.json``, not truncated.
+``training.padding_free`` concatenates each batch into one row with per-sequence positions (TRL's padding-free
+mode; no padding computed; bench/RESULTS.md has the measured speed and loss against padded batches). Phase 2
+loads the Phase 1 checkpoint as its starting point and keeps no other copy of the Phase 1 weights.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 from .config import ExperimentConfig, ModelSpec, TrainingSpec, load_config, parse_set
-from .data.loaders import load_records, to_hf_dataset
+from .data.loaders import load_records
 from .data.schema import validate_record
 from .integrity import clear_marker
 from .io import write_json, write_jsonl
@@ -40,10 +42,16 @@ from .plan import model_spec, plan_runs
 from .runs import RunPlan, last_complete_checkpoint, mark_done, provenance, run_lock
 from .sandbox.build import ensure_sandbox, sandbox_paths
 from .sandbox.world import World
+from .tokenized import prepare
 
 
-def sft_config(h: TrainingSpec, output_dir: Path, seed: int):
-    """TRL's SFTConfig from our hyper-parameters, with the defaults that bite on CPU set explicitly."""
+def sft_config(h: TrainingSpec, output_dir: Path, seed: int, prepared: bool = False):
+    """TRL's SFTConfig from our hyper-parameters, with the defaults that bite on CPU set explicitly.
+
+    ``prepared``: the training set comes from :func:`cft_utils.tokenized.prepare` (TRL skips its own preparation).
+    With ``padding_free`` TRL gets ``max_length=None`` (it refuses a length it would not enforce); give it a
+    prepared set, whose over-long records are already dropped.
+    """
     import torch
     from trl import SFTConfig
 
@@ -59,7 +67,8 @@ def sft_config(h: TrainingSpec, output_dir: Path, seed: int):
         warmup_steps=h.warmup_steps,
         weight_decay=h.weight_decay,
         optim=h.optim,
-        max_length=h.max_length,
+        max_length=None if h.padding_free else h.max_length,
+        dataset_kwargs={"skip_prepare_dataset": True} if prepared else None,
         bf16=prec == "bf16",
         fp16=prec == "fp16",
         use_cpu=cpu,
@@ -220,9 +229,10 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
     model = load_model(init, prec, trust_remote_code=mspec.trust_remote_code)
     if model_hook is not None:
         model_hook(model)
-    args = sft_config(h, rdir / "checkpoints", cfg.seed if run.seed is None else run.seed)
+    args = sft_config(h, rdir / "checkpoints", cfg.seed if run.seed is None else run.seed, prepared=True)
+    data = prepare(records, tok, args, h.max_length)  # cached by content; over-long records dropped and counted
     resume = last_complete_checkpoint(rdir / "checkpoints")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_hf_dataset(records), processing_class=tok,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data.dataset, processing_class=tok,
                          callbacks=[*(callbacks or []), _log_last_step_callback()], peft_config=peft_config)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
@@ -248,7 +258,8 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
             "train_loss": whole_run_loss(trainer.state.log_history),  # all steps, also after a resume
             "runtime_s": round(time.time() - t0, 2), "resumed_from": resume, "precision": prec,
             "num_processes": state.num_processes,
-            "trainable_parameters": trainable, "n_extra_records": n_extra, **(summary_extra or {}),
+            "trainable_parameters": trainable, "n_extra_records": n_extra, **data.summary(),
+            **(summary_extra or {}),
         }
         write_json(rdir / "summary.json", summary)
         write_json(rdir / "provenance.json", provenance(seed=run.seed, config_file=cfg.source_file,
