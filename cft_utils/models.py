@@ -8,6 +8,10 @@ Stopping: a chat model ends its turn with the template's end-of-turn token, whic
 ``tokenizer.eos_token`` (LLaMA-3 base: ``<|end_of_text|>`` vs ``<|eot_id|>``; Qwen2 base: ``<|endoftext|>`` vs
 ``<|im_end|>``). :func:`stop_token_ids` is the union of the tokenizer's eos, the generation config's eos ids and the
 template's end-of-turn token; :func:`generate` stops on any of them.
+
+Chat templates: a base model without one gets the profile's (``models[i].chat_template``: a template file or the
+Instruct sibling's) through ``load_tokenizer(..., chat_template=...)``. Templates without a system role get the
+system prompt merged into the first user turn (:func:`fit_messages`), in training and in generation alike.
 """
 
 from __future__ import annotations
@@ -224,8 +228,27 @@ def model_fingerprint(path: str | Path) -> str | None:
     return h.hexdigest()[:16]
 
 
-def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revision=None):
-    """The tokenizer of a folder or hub id, with a pad token (LLaMA-3 and Mistral ship without one: eos is used)."""
+class ChatTemplateError(ValueError):
+    """A model has no chat template to format its prompts with, or the configured one cannot be read."""
+
+
+def read_chat_template(template: str | Path) -> str:
+    """A chat template's text: ``template`` itself, or the contents of a ``.jinja`` file it names."""
+    if isinstance(template, Path) or str(template).endswith(".jinja"):
+        p = Path(template).expanduser()
+        if not p.is_file():
+            raise ChatTemplateError(f"chat template file not found: {p}")
+        return p.read_text(encoding="utf-8")
+    return str(template)
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revision=None,
+                   chat_template: str | Path | None = None):
+    """The tokenizer of a folder or hub id, with a pad token (LLaMA-3 and Mistral ship without one: eos is used).
+
+    ``chat_template`` (a template's text or a ``.jinja`` file) replaces the tokenizer's own; ``save_pretrained``
+    then writes it to ``chat_template.jinja``, so every checkpoint carries the template it was trained with.
+    """
     from transformers import AutoTokenizer
 
     if trust_remote_code:
@@ -235,9 +258,57 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, revisio
     except OSError as e:  # a hub id offline or unknown: name it (transformers' message does not say which setting)
         raise ModelSourceError(f"tokenizer of {str(path)!r}: not a local folder and not available from the hub: "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if chat_template is not None:
+        tok.chat_template = read_chat_template(chat_template)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def require_chat_template(tokenizer, model_name: str, setting: str, source: str | Path) -> None:
+    """Raise :class:`ChatTemplateError` naming the model and its ``chat_template`` setting when ``tokenizer`` (loaded
+    from ``source``) has no chat template: base models (Meta-Llama-3-8B, Mistral-7B-v0.1) ship without one."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"model {model_name!r}: the tokenizer of {source} has no chat template, and its setting "
+            f"chat_template: {setting!r} takes the tokenizer's own. Set models.<i>.chat_template to 'instruct' (the "
+            f"Instruct model's template) or to a template file, e.g. configs/chat_templates/alpaca.jinja.")
+
+
+def supports_system_role(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a system message (Mistral-Instruct v0.1's raises
+    "Conversation roles must alternate")."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": "SYSTEM_MARKER"},
+                                              {"role": "user", "content": "q"}], tokenize=False)
+    except Exception:  # jinja2 TemplateError from the template's raise_exception
+        return False
+    return "SYSTEM_MARKER" in text
+
+
+def merge_system_prompt(messages: list[dict]) -> list[dict]:
+    """Messages without a system role: the system prompt goes in front of the first user message, separated by a
+    blank line (what Mistral's own guidance and most chat UIs do for templates without a system role)."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    prefix = "\n\n".join(s for s in system if s.strip())
+    for m in rest:
+        if m["role"] == "user":
+            m["content"] = f"{prefix}\n\n{m['content']}" if prefix else m["content"]
+            break
+    return rest
+
+
+def fit_messages(tokenizer, messages: list[dict], system_ok: bool | None = None) -> list[dict]:
+    """``messages`` as the tokenizer's template can render them: system prompts merged into the first user turn
+    when the template has no system role (``system_ok``: the answer of :func:`supports_system_role`, if known)."""
+    if not any(m["role"] == "system" for m in messages):
+        return messages
+    if system_ok is None:
+        system_ok = supports_system_role(tokenizer)
+    return messages if system_ok else merge_system_prompt(messages)
 
 
 def end_of_turn_token(tokenizer) -> str | None:
@@ -279,6 +350,25 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def record_stop_tokens(model_dir: str | Path, tokenizer) -> list[int]:
+    """Write the stop tokens (:func:`stop_token_ids`) into ``model_dir/generation_config.json`` as its eos ids, so
+    every reader of the checkpoint (transformers, lm-eval, vLLM) stops at the template's end of turn. A model
+    trained from a base (LLaMA-3: eos ``<|end_of_text|>``) on a template ending turns with ``<|eot_id|>`` would
+    otherwise run on into a fake next turn. Returns the ids written."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    try:
+        gc = GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:  # no generation_config.json yet
+        gc = GenerationConfig()
+    ids = stop_token_ids(tokenizer, SimpleNamespace(generation_config=gc))
+    gc.eos_token_id = ids[0] if len(ids) == 1 else ids
+    gc.save_pretrained(str(model_dir))
+    return ids
+
+
 @dataclass
 class Generation:
     """One generated answer: its text and whether decoding stopped at a stop token (False: hit max_new_tokens)."""
@@ -297,7 +387,9 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: in
     import torch
     from tqdm.auto import tqdm
 
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    system_ok = supports_system_role(tokenizer)
+    texts = [tokenizer.apply_chat_template(fit_messages(tokenizer, list(p), system_ok), tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     stops = stop_token_ids(tokenizer, model)

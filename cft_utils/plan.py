@@ -16,7 +16,13 @@ from pathlib import Path
 from .config import ExperimentConfig, ModelSpec, TrainingSpec
 from .integrity import file_sha256
 from .io import write_text
-from .models import model_fingerprint
+from .models import (
+    ChatTemplateError,
+    load_tokenizer,
+    model_fingerprint,
+    read_chat_template,
+    require_chat_template,
+)
 from .paths import cft_home
 from .runs import RunPlan, run_id
 from .sandbox.build import ensure_sandbox
@@ -116,12 +122,61 @@ def model_identity(source: str, revision: str | None = None) -> dict:
     return _IDENTITY_CACHE[key]
 
 
+def chat_template_identity(m: ModelSpec) -> dict:
+    """What identifies a model's configured chat template in run ids (empty for the tokenizer's own, which the
+    model's fingerprint covers): the template file's content hash, or the Instruct model's identity."""
+    if m.chat_template == "tokenizer":
+        return {}
+    if m.chat_template == "instruct":
+        return {"chat_template": {"instruct": model_identity(m.instruct, m.revision)}}
+    text = m.chat_template_file().read_bytes()
+    return {"chat_template": {"file": m.chat_template, "sha256": hashlib.sha256(text).hexdigest()[:16]}}
+
+
 def base_identity(cfg: ExperimentConfig, m: ModelSpec) -> dict:
     """What identifies a model's base in run ids: the sandbox world and base-model spec, or the model's content
-    (:func:`model_identity`: a folder changed in place gets new run ids) and its chat-template setting."""
+    (:func:`model_identity`: a folder changed in place gets new run ids); and its chat-template setting."""
     if m.base == "sandbox":
-        return {"sandbox_world": cfg.sandbox.world_spec().world_id(), "sandbox_model": cfg.sandbox.model.model_dump()}
-    return model_identity(m.base, m.revision)
+        return {"sandbox_world": cfg.sandbox.world_spec().world_id(), "sandbox_model": cfg.sandbox.model.model_dump(),
+                **chat_template_identity(m)}
+    return {**model_identity(m.base, m.revision), **chat_template_identity(m)}
+
+
+def configured_chat_template(cfg: ExperimentConfig, m: ModelSpec) -> str | None:
+    """The chat template (text) the profile sets for ``m``'s base model; None: the tokenizer's own."""
+    if m.chat_template == "tokenizer":
+        return None
+    if m.chat_template == "instruct":
+        tok = load_tokenizer(m.instruct, trust_remote_code=m.trust_remote_code, revision=m.revision)
+        if not tok.chat_template:
+            raise ChatTemplateError(f"{cfg.source_file}: model {m.name!r}: chat_template: 'instruct' but the "
+                                    f"Instruct model {m.instruct} has no chat template either")
+        return tok.chat_template
+    return read_chat_template(m.chat_template_file())
+
+
+def run_chat_template(cfg: ExperimentConfig, run: RunPlan) -> str | None:
+    """The chat template a run trains with when it is not its starting point's own: the profile's setting for runs
+    that start from the base model (the sandbox base included); None (the template saved with the checkpoint, or
+    the Instruct model's own) for every other run."""
+    if run.init.startswith("run:") or run.registered:
+        return None
+    return configured_chat_template(cfg, model_spec(cfg, run.model))
+
+
+def check_chat_templates(cfg: ExperimentConfig, runs: list[RunPlan] | None = None) -> None:
+    """Before any weights load: every base model the runs start from has a chat template, its own or the profile's
+    (a :class:`ChatTemplateError` names the model and its ``chat_template`` setting). Loads tokenizers only."""
+    seen = set()
+    for run in runs if runs is not None else plan_runs(cfg).all():
+        if run.model in seen or run.init.startswith("run:") or run.registered:
+            continue
+        seen.add(run.model)
+        m = model_spec(cfg, run.model)
+        source = base_model_source(cfg, run.model) if m.base == "sandbox" else m.base
+        tok = load_tokenizer(source, trust_remote_code=m.trust_remote_code, revision=m.revision,
+                             chat_template=run_chat_template(cfg, run))
+        require_chat_template(tok, m.name, m.chat_template, source)
 
 
 def path_fingerprint(path: Path) -> str:

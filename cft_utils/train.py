@@ -37,8 +37,18 @@ from .data.loaders import load_records
 from .data.schema import validate_record
 from .integrity import clear_marker
 from .io import write_json, write_jsonl
-from .models import check_model_source, load_model, load_tokenizer, resolve_precision, use_threads
-from .plan import model_spec, plan_runs
+from .models import (
+    check_model_source,
+    fit_messages,
+    load_model,
+    load_tokenizer,
+    record_stop_tokens,
+    require_chat_template,
+    resolve_precision,
+    supports_system_role,
+    use_threads,
+)
+from .plan import model_spec, plan_runs, run_chat_template
 from .runs import RunPlan, last_complete_checkpoint, mark_done, provenance, run_lock
 from .sandbox.build import ensure_sandbox, sandbox_paths
 from .sandbox.world import World
@@ -124,6 +134,16 @@ def run_records(run: RunPlan, cfg: ExperimentConfig) -> list[dict]:
     if run.data_key == "instruct" and run.phase1_data == "Instruct":
         return World(cfg.sandbox.world_spec()).dataset("instruct")
     return load_records(cfg, run.data_key)
+
+
+def fit_records(tokenizer, records: list[dict]) -> tuple[list[dict], int]:
+    """Records as the tokenizer's chat template can render them (the template is applied when the records are
+    tokenised): on a template without a system role (Mistral-Instruct v0.1), system prompts are merged into the
+    first user turn. Returns the records and how many were changed."""
+    if not any(m["role"] == "system" for r in records for m in r["prompt"]) or supports_system_role(tokenizer):
+        return records, 0
+    out = [{**r, "prompt": fit_messages(tokenizer, r["prompt"], False)} for r in records]
+    return out, sum(a["prompt"] != b["prompt"] for a, b in zip(out, records, strict=True))
 
 
 def whole_run_loss(log_history: list[dict]) -> float | None:
@@ -219,13 +239,16 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
     # Not a causal LM, pickle-only or damaged weights, a hub id offline: a clear error before anything is loaded.
     check_model_source(init, init_where(run, cfg), None if run.init.startswith("run:") else mspec.revision,
                        mspec.trust_remote_code)
+    # The chat template is checked (and system prompts fitted to it) before any weights load.
+    tok = load_tokenizer(init, trust_remote_code=mspec.trust_remote_code, chat_template=run_chat_template(cfg, run))
+    require_chat_template(tok, mspec.name, mspec.chat_template, init)
+    records, n_merged = fit_records(tok, records)
     if state.is_main_process:
         rdir.mkdir(parents=True, exist_ok=True)
         clear_marker(rdir)  # a damaged (or forced) run is rebuilt in place: it is not done until marked again
         write_json(rdir / "run.json", {"name": run.name, "run_id": run.run_id, "resolved": run.resolved,
                                        "init": init, "n_records": len(records)})
     prec = resolve_precision(h.precision)
-    tok = load_tokenizer(init, trust_remote_code=mspec.trust_remote_code)
     model = load_model(init, prec, trust_remote_code=mspec.trust_remote_code)
     if model_hook is not None:
         model_hook(model)
@@ -244,7 +267,8 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
     else:
         trainer.save_model(str(rdir / "model"))
     if state.is_main_process:
-        tok.save_pretrained(rdir / "model")
+        tok.save_pretrained(rdir / "model")  # with its chat template (chat_template.jinja)
+        record_stop_tokens(rdir / "model", tok)  # the template's end-of-turn among the eos ids
         # The Trainer's log history survives a resume (it is saved in every checkpoint's trainer_state.json).
         log = [{"step": e["step"], "epoch": e.get("epoch"), **{k: v for k, v in e.items() if k not in ("step", "epoch")}}
                for e in trainer.state.log_history if "loss" in e]
@@ -259,6 +283,7 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
             "runtime_s": round(time.time() - t0, 2), "resumed_from": resume, "precision": prec,
             "num_processes": state.num_processes,
             "trainable_parameters": trainable, "n_extra_records": n_extra, **data.summary(),
+            "system_prompts_merged": n_merged,
             **(summary_extra or {}),
         }
         write_json(rdir / "summary.json", summary)

@@ -1,14 +1,22 @@
 """The paper profile on real model families (issue 11): run identity from model content, chat templates as
 configuration, system prompts on templates without a system role, stop tokens, fused projections, LoRA targets.
 
-Tokenizers here carry the real families' special tokens and chat templates (``tests/fixtures/chat_templates.py``);
+Tokenizers here carry the real families' special tokens and chat templates (``tests/fixtures/families.py``);
 models are tiny and random. No hub, no network.
 """
 
 from __future__ import annotations
 
-from cft_utils.config import load_config
-from cft_utils.plan import plan_runs
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures.families import LLAMA3_TEMPLATE, MISTRAL_V01_TEMPLATE
+
+from cft_utils.config import ConfigError, load_config
+from cft_utils.paths import PROJECT_ROOT
+from cft_utils.plan import check_chat_templates, plan_runs
 
 
 def _tiny_folder(tmp_path, name, seed=0):
@@ -43,3 +51,128 @@ def test_a_model_folder_changed_in_place_gets_new_run_ids(tmp_path):
     (base / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     third = ids()
     assert all(third[n] != second[n] for n in trained)
+
+
+# ------------------------------------------------------------------ profiles over local family stand-ins
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """Factory: ``family_dirs("llama3", "base")`` -> a saved tiny model of that family (built once per module)."""
+    from fixtures.families import build_family_model
+
+    cache = {}
+
+    def make(family: str, kind: str = "base") -> Path:
+        if (family, kind) not in cache:
+            cache[family, kind] = build_family_model(tmp_path_factory.mktemp(f"{family}-{kind}"), family, kind)
+        return cache[family, kind]
+
+    return make
+
+
+def write_profile(tmp_path, models: list[dict], phase1=("alpaca",), phase2=(), **extra) -> Path:
+    """A minimal parameter file over the fixtures: Alpaca JSON and OpenOrca records, tiny training."""
+    prof = {
+        "profile": "realmodels", "seed": 3, "models": models,
+        "datasets": {"alpaca": {"source": "alpaca", "path": str(FIXTURES / "alpaca_sample.json")},
+                     "openorca": {"source": "openorca", "path": str(FIXTURES / "openorca_sample.jsonl")}},
+        "grid": {"models": [m["name"] for m in models], "phase1": list(phase1),
+                 "phase2": [{"phase1": a, "data": b} for a, b in phase2]},
+        "training": {"epochs": 1, "learning_rate": 1e-3, "global_batch_size": 2, "per_device_batch_size": 2,
+                     "gradient_accumulation_steps": 1, "num_processes": 1, "warmup_steps": 0, "max_length": 512,
+                     "logging_steps": 1, "save_steps": 100, "num_threads": 1, "precision": "fp32"},
+        **extra,
+    }
+    f = tmp_path / "realmodels.yaml"
+    f.write_text(yaml.safe_dump(prof, sort_keys=False))
+    return f
+
+
+def test_a_base_model_without_template_fails_before_weights_load_naming_model_and_setting(
+        tmp_path, monkeypatch, family_dirs):
+    from cft_utils import train
+    from cft_utils.models import ChatTemplateError
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path / "home"))
+    cfg = load_config(write_profile(tmp_path, [{"name": "LLaMA-3-tiny", "base": str(family_dirs("llama3"))}]))
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("weights loaded before the template check"))
+    run = plan_runs(cfg).phase1[0]
+    with pytest.raises(ChatTemplateError, match=r"LLaMA-3-tiny.*chat_template: 'tokenizer'"):
+        train.execute(run, cfg)
+    # the whole grid can be checked up front too
+    with pytest.raises(ChatTemplateError, match="LLaMA-3-tiny"):
+        check_chat_templates(cfg)
+
+
+def test_template_settings_are_checked_when_the_profile_loads(tmp_path, family_dirs):
+    base = str(family_dirs("llama3"))
+    with pytest.raises(ConfigError, match=r"models\.0\.chat_template: 'instruct' but model"):
+        load_config(write_profile(tmp_path, [{"name": "m", "base": base, "chat_template": "instruct"}]))
+    with pytest.raises(ConfigError, match=r"models\.0\.chat_template: 'nope\.jinja'"):
+        load_config(write_profile(tmp_path, [{"name": "m", "base": base, "chat_template": "nope.jinja"}]))
+
+
+def test_phase1_from_a_base_model_trains_with_the_configured_template_and_saves_it(
+        tmp_path, monkeypatch, family_dirs):
+    """LLaMA-3 base (eos <|end_of_text|>) trained on the Instruct sibling's template: the checkpoint carries the
+    template and stops at <|eot_id|>; the Alpaca template file works the same way for Mistral's base."""
+    from cft_utils.models import load_tokenizer, stop_token_ids
+    from cft_utils.train import execute
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path / "home"))
+    models = [{"name": "LLaMA-3-tiny", "base": str(family_dirs("llama3")), "instruct": str(family_dirs("llama3", "instruct")),
+               "chat_template": "instruct"},
+              {"name": "Mistral-tiny", "base": str(family_dirs("mistral")),
+               "chat_template": "configs/chat_templates/alpaca.jinja"}]
+    cfg = load_config(write_profile(tmp_path, models))
+    plan = plan_runs(cfg)
+    llama, mistral = plan.get("phase1/LLaMA-3-tiny/alpaca"), plan.get("phase1/Mistral-tiny/alpaca")
+    out = execute(llama, cfg, quiet=True)
+    assert (out / "chat_template.jinja").read_text() == LLAMA3_TEMPLATE
+    tok = load_tokenizer(out)
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert eot in gen["eos_token_id"] and tok.eos_token_id in gen["eos_token_id"]
+    assert eot in stop_token_ids(tok)  # from the saved template alone
+    out = execute(mistral, cfg, quiet=True)
+    alpaca = (PROJECT_ROOT / "configs/chat_templates/alpaca.jinja").read_text()
+    assert (out / "chat_template.jinja").read_text() == alpaca
+    text = load_tokenizer(out).apply_chat_template([{"role": "user", "content": "Name a colour."}], tokenize=False,
+                                                   add_generation_prompt=True)
+    assert text.endswith("### Instruction:\nName a colour.\n\n### Response:\n")
+    # the setting is part of the run's identity
+    other = load_config(write_profile(tmp_path, [{**models[1], "chat_template": "tokenizer"}]))
+    assert plan_runs(other).get("phase1/Mistral-tiny/alpaca").run_id != mistral.run_id
+
+
+def test_system_prompts_are_merged_on_a_template_without_system_role(family_dirs):
+    from cft_utils.models import fit_messages, generate, load_model, load_tokenizer, supports_system_role
+
+    d = family_dirs("mistral", "instruct")
+    tok, model = load_tokenizer(d), load_model(d)
+    msgs = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Is 17 prime?"}]
+    with pytest.raises(Exception, match="Conversation roles must alternate"):
+        tok.apply_chat_template(msgs, tokenize=False)
+    assert not supports_system_role(tok) and supports_system_role(load_tokenizer(family_dirs("llama3", "instruct")))
+    assert fit_messages(tok, msgs) == [{"role": "user", "content": "Answer briefly.\n\nIs 17 prime?"}]
+    out = generate(model, tok, [msgs, msgs[1:]], max_new_tokens=3, batch_size=2)
+    assert len(out) == 2
+
+
+def test_phase2_from_mistral_instruct_on_openorca_with_system_prompts(tmp_path, monkeypatch, family_dirs):
+    """The paper's Table C6 cell: Instruct -> OpenOrca-format records (system prompt + question)."""
+    from cft_utils.train import execute
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path / "home"))
+    models = [{"name": "Mistral-tiny", "base": str(family_dirs("mistral")), "instruct": str(family_dirs("mistral", "instruct"))}]
+    cfg = load_config(write_profile(tmp_path, models, phase1=(), phase2=[("Instruct", "openorca")]))
+    run = plan_runs(cfg).phase2[0]
+    execute(run, cfg, quiet=True)
+    summary = json.loads((run.dir / "summary.json").read_text())
+    n_system = sum(1 for line in (FIXTURES / "openorca_sample.jsonl").read_text().splitlines()
+                   if json.loads(line)["system_prompt"].strip())
+    assert summary["system_prompts_merged"] == n_system >= 1
+    assert (run.model_dir / "chat_template.jinja").read_text() == MISTRAL_V01_TEMPLATE

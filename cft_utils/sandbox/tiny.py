@@ -58,6 +58,31 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_freque
     return fast
 
 
+def train_family_tokenizer(texts: Iterable[str], special_tokens: list[str], *, bos: str | None, eos: str,
+                           unk: str | None = None, pad: str | None = None, chat_template: str | None = None,
+                           vocab_size: int = 512, min_frequency: int = 1):
+    """A byte-level BPE on ``texts`` with a model family's own special tokens (e.g. LLaMA-3's ``<|begin_of_text|>``,
+    ``<|eot_id|>``), a post-processor that prepends ``bos`` as the family's tokenizer does, and the family's chat
+    template (None: a base model that ships without one). Tests use it for stand-ins of real tokenizers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    named = {bos, eos, unk, pad}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad,
+                                   additional_special_tokens=[t for t in special_tokens if t not in named])
+    fast.chat_template = chat_template
+    return fast
+
+
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 
@@ -91,7 +116,7 @@ def build_causal_lm(
         tie_word_embeddings=tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg)
