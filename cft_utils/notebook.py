@@ -107,19 +107,9 @@ def route_logs(cfg: ExperimentConfig | None = None, path: str | os.PathLike | No
         os.environ.setdefault(k, v)
     previous = _route.get("stream")
     old = _route.get("kernel_stderr") or sys.stderr
-    # The kernel's stderr object also receives what subprocesses and C code write to file descriptor 2 (ipykernel
-    # watches it): redirecting its write() catches those too, and any handler that kept a reference to it.
     if "ipykernel" in type(old).__module__:
-        old.write = stream.write  # type: ignore[method-assign]
         _route["kernel_stderr"] = old
-    if not getattr(old, "_should_watch", False):
-        # Nobody watches file descriptor 2 (a plain process, or a kernel started without fd capture): point it
-        # at the log, or subprocesses' and C libraries' messages end in the terminal of `make reproduce`.
-        try:
-            sys.__stderr__.flush()
-            os.dup2(stream.fileno(), 2)
-        except (OSError, AttributeError, ValueError):
-            pass
+    _redirect_fd2(stream, old)
     sys.stderr = stream
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for h in getattr(logger, "handlers", []):
@@ -132,6 +122,28 @@ def route_logs(cfg: ExperimentConfig | None = None, path: str | os.PathLike | No
         previous.close()
     _route.update(path=target, stream=stream)
     return target
+
+
+def _redirect_fd2(stream, kernel_stderr) -> None:
+    """Point file descriptor 2 (C libraries, subprocesses, ``sys.__stderr__``) at the log.
+
+    ipykernel normally watches fd 2 through a pipe and forwards what it reads into the notebook as stderr and to
+    the kernel's original stderr (the terminal of ``make reproduce``); its watcher is stopped first (it would block
+    on a pipe nobody writes to any more), so neither copy is made."""
+    if getattr(kernel_stderr, "_should_watch", False):
+        kernel_stderr._should_watch = False  # the watcher leaves its loop at the next read ...
+        try:
+            os.write(2, b"\0")  # ... which this byte, still going into its pipe, wakes up
+        except OSError:
+            pass
+    try:
+        sys.__stderr__.flush()
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        os.dup2(stream.fileno(), 2)
+    except (OSError, ValueError):
+        pass
 
 
 def _quiet_loaded_libraries() -> None:

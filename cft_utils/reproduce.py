@@ -46,8 +46,9 @@ NOTEBOOKS = [
 ]
 
 ENGINE_NAME = "cft-progress"
-# Printed lines about runs (train/mitigation status lines) that are echoed to the terminal during a notebook.
-RUN_STATUS = re.compile(r"\b(reused|trained in|resumed)\b", re.IGNORECASE)
+# Printed lines about runs (the executor's one line per run, other reused/trained lines) that are echoed to the
+# terminal while a notebook runs.
+RUN_STATUS = re.compile(r"^\s*\[executor\]|\b(reused|trained in|resumed)\b", re.IGNORECASE)
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 
 
@@ -70,7 +71,7 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """One live status line per notebook: ``cell 5/12  2:31  (cell 0:40)  <heading>``.
+    """One live status line per notebook: ``cell 5/12  2:31  (this cell 0:40)  <heading>``.
 
     On a terminal the line is redrawn every second; elsewhere (CI logs, pipes) one line is printed per code
     cell as it starts. Lines about runs printed by the notebook (``RUN_STATUS``) are echoed on their own line.
@@ -105,8 +106,8 @@ class Progress:
         heading = self.headings[self.current] if self.current < len(self.headings) else ""
         if len(heading) > 60:
             heading = heading[:59] + "…"
-        return (f"[reproduce] {self.name}  cell {k}/{self.n_code}  {_clock(now - self.t0)}"
-                f"  (this cell {_clock(now - self.cell_t0)})  {heading}").rstrip()
+        this = f"  (this cell {_clock(now - self.cell_t0)})" if self.live else ""
+        return f"[reproduce] {self.name}  cell {k}/{self.n_code}  {_clock(now - self.t0)}{this}  {heading}".rstrip()
 
     def _draw(self):
         text = self.line()

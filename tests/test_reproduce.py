@@ -35,15 +35,16 @@ def test_progress_prints_a_line_per_code_cell_and_echoes_run_status():
     p.start()
     p.cell_start(0)  # markdown: no line
     p.cell_start(1)
-    p.write("step 1\nrun phase1/A: trained in 12 s")
+    p.write("step 1\n[executor] 1/2 phase1/C: ran in 3 s (elapsed 3 s)\nrun phase1/A: trained in 12 s")
     p.write(" (loss 1.2)\nrun phase1/B: reused\n")
     p.cell_start(4)
     p.stop()
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[reproduce] 01_x  cell 1/3  0:00") and lines[0].endswith("Training")
-    assert lines[1].endswith("run phase1/A: trained in 12 s (loss 1.2)")
-    assert lines[2].endswith("run phase1/B: reused")
-    assert "cell 3/3" in lines[3] and lines[3].endswith("Tables")
+    assert lines[1].endswith("[executor] 1/2 phase1/C: ran in 3 s (elapsed 3 s)")
+    assert lines[2].endswith("run phase1/A: trained in 12 s (loss 1.2)")
+    assert lines[3].endswith("run phase1/B: reused")
+    assert "cell 3/3" in lines[4] and lines[4].endswith("Tables")
     assert not any("step 1" in ln for ln in lines)
 
 
@@ -76,13 +77,24 @@ def executed(tmp_path_factory):
     src = synthetic_notebook(tmp_path_factory.mktemp("src") / "01_synthetic.ipynb")
     out = tmp_path_factory.mktemp("reports")
     figdir = tmp_path_factory.mktemp("figures")
-    old = os.umask(0o022)
+    terminal = out.parent / "terminal.txt"
+    old, saved_fd2 = os.umask(0o022), os.dup(2)
+    # As under `make reproduce`: ipykernel watches file descriptor 2 only outside pytest, and the kernel's
+    # original stderr (here a file standing for the terminal) must stay clean.
+    test_name = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
+        with open(terminal, "w") as f:
+            os.dup2(f.fileno(), 2)
         path = execute_notebook(str(src), "smoke", out, progress=False,
                                 parameters={"overrides": '{"mitigation.seed": 3}', "figdir": str(figdir)})
     finally:
+        os.dup2(saved_fd2, 2)
+        os.close(saved_fd2)
         os.umask(old)
-    return {"path": path, "out": out, "figdir": figdir, "nb": nbformat.read(path, as_version=4)}
+        if test_name is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = test_name
+    return {"path": path, "out": out, "figdir": figdir, "nb": nbformat.read(path, as_version=4),
+            "terminal": terminal.read_text()}
 
 
 @pytest.mark.slow
@@ -93,6 +105,8 @@ def test_library_logs_go_to_the_log_file_not_the_notebook(executed):
     for text in ("a library warning", "a transformers log line", "to stderr", "fd-level stderr",
                  "subprocess stderr"):
         assert text in log, text
+        assert text not in executed["terminal"], text
+    assert log.count("subprocess stderr") == 1
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "library logs and progress bars: " in text and "01_synthetic.log" in text
     assert "run phase2/x: reused" in text  # stdout stays in the report
