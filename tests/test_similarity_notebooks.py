@@ -259,11 +259,11 @@ def test_forgetting_risk_on_the_smoke_grid(smoke_env):
     assert risk.compared_data == "alpaca" and "own training data" in risk.data_note
     assert set(risk.alternatives["phase2_data"]) == {"multialpaca", "mopenorca"}
     assert risk.la_baseline is not None and set(risk.la_baseline["language"]) == {"qaa", "qac"}
-    assert forgetting.la_mean is not None and 0 <= forgetting.la_mean <= 1
+    assert risk.la_mean is not None and 0 <= risk.la_mean <= 1
     assert (alpaca.dir / "la_probe.json").exists()  # cached for the next call
     assert risk.risk in {"lower", "higher", "unclear"} and "multialpaca" in risk.reading
     row = risk.summary()
-    assert row["des"] == risk.des and row["la_baseline_mean"] == forgetting.la_mean
+    assert row["des"] == risk.des and row["la_baseline_mean"] == risk.la_mean
 
     instruct = plan.get("phase1/tiny-llama/Instruct")
     given = pd.DataFrame({"language": ["qaa", "qac"], "value": [0.2, 0.4]})

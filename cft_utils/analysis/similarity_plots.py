@@ -1,13 +1,15 @@
 """Figures of the similarity notebooks: the DES heatmap and intervals (notebook 05), the MPD profiles (notebook 06).
 
-Each function draws an object-oriented matplotlib ``Figure`` (no pyplot state; headless with Agg) and saves it
-through :func:`cft_utils.outputs.save_figure` (PNG and PDF; shown inline in a notebook).
+Each function draws a pyplot figure (so that a notebook kernel's inline backend can render it; a bare
+``matplotlib.figure.Figure`` showed as text only) and saves it through :func:`cft_utils.outputs.save_figure` (PNG and
+PDF; shown inline in a notebook, then closed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -20,7 +22,7 @@ def plot_des_heatmap(matrix: pd.DataFrame, path_stem: str | Path, title: str = "
     """Draw a DES matrix as an annotated heatmap and write ``<path_stem>.png`` and ``.pdf``; return the paths."""
     values = matrix.to_numpy(dtype=float)
     size = 1.2 + 0.9 * len(matrix)
-    fig = Figure(figsize=(size + 1.2, size))
+    fig = plt.figure(figsize=(size + 1.2, size))
     ax = fig.add_subplot()
     finite = values[np.isfinite(values)]
     vmin = float(min(finite.min(), 0.0)) if finite.size else 0.0
@@ -40,7 +42,7 @@ def plot_des_heatmap(matrix: pd.DataFrame, path_stem: str | Path, title: str = "
 def plot_des_intervals(table: pd.DataFrame, stem=None, title: str = "DES with bootstrap intervals") -> Figure:
     """Off-diagonal DES values as points with their bootstrap intervals (and the paper's, if present)."""
     d = table[table["a"] != table["b"]].sort_values("des").reset_index(drop=True)
-    fig = Figure(figsize=(6.4, 0.35 * len(d) + 1.2))
+    fig = plt.figure(figsize=(6.4, 0.35 * len(d) + 1.2))
     ax = fig.add_subplot()
     y = np.arange(len(d))
     # Lines from ci_lo to ci_hi, not error bars: near 1 a cosine of means' percentile interval can lie
@@ -67,7 +69,7 @@ def plot_mpd_profile(profile: pd.DataFrame, stem=None, title: str = "Where the m
         if c == "phase1_vs_reference"))
     drift = profile[profile["comparison"] == "phase2_drift"]
     ncols = len(groups) + (1 if not drift.empty else 0)
-    fig = Figure(figsize=(3.6 * ncols, 6))
+    fig = plt.figure(figsize=(3.6 * ncols, 6))
     axes = fig.subplots(2, ncols, squeeze=False)
     panels = [(g, profile[(profile["comparison"] == g[0]) & (profile["model"] == g[1])
                           & (profile["phase2_data"] == g[2])], "phase1_data",

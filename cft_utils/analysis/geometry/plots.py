@@ -1,8 +1,8 @@
 """Figures of the geometry analysis: t-SNE/PCA panels (Figures 1 and 3) and per-layer curves (Figures 2, C4, CKA).
 
-Each function draws an object-oriented matplotlib ``Figure`` (no pyplot state; headless with Agg) and saves it
-through :func:`cft_utils.outputs.save_figure` (PNG and PDF; shown inline in a notebook), returning
-``(figure, paths)``.
+Each function draws a pyplot figure (pyplot, so that a notebook kernel's inline backend can render it; a bare
+``matplotlib.figure.Figure`` showed as text only) and saves it through :func:`cft_utils.outputs.save_figure` (PNG and
+PDF; shown inline in a notebook, then closed), returning ``(figure, paths)``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from cft_utils.outputs import save_figure
 
 
 def _new_figure(nrows: int, ncols: int, width: float, height: float):
-    # An object-oriented Figure (no pyplot): renders headless with Agg and leaves a notebook's backend alone.
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    fig = plt.figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
     return fig, axes
 
