@@ -98,6 +98,13 @@ def _init_worker(threads: int, log_dir: str) -> None:
     _WORKER["log_dir"] = log_dir
 
 
+def worker_context(params_file: str, overrides: dict) -> tuple[ExperimentConfig, dict[str, RunPlan]]:
+    """In a worker process: the configuration and every run of its plan (grid and mitigation runs) by name,
+    loaded once per (parameter file, overrides) and kept for the worker's next tasks."""
+    runs = _worker_plan(params_file, overrides)
+    return _WORKER["cfg"], runs
+
+
 def _worker_plan(params_file: str, overrides: dict) -> dict[str, RunPlan]:
     key = repr((params_file, sorted(overrides.items(), key=str)))
     if _WORKER.get("key") != key:
@@ -124,7 +131,7 @@ def run_task(params_file: str, overrides: dict, name: str, log_dir: str | None =
     if was_done:
         return {"name": name, "status": "reused", "seconds": 0.0}
     log = Path(log_dir) / f"{run.run_id}.log" if log_dir else None
-    with _redirect(log):
+    with redirect_output(log):
         dispatch(run, cfg)
     return {"name": name, "status": "trained", "seconds": round(time.time() - t0, 1), "log": str(log) if log else None}
 
@@ -140,7 +147,24 @@ def dispatch(run: RunPlan, cfg: ExperimentConfig) -> Path:
     return execute(run, cfg)
 
 
-class _redirect:
+def parallel_map(fn, calls: Sequence[tuple], workers: int, log_dir: str | None = None) -> list:
+    """``[fn(*args) for args in calls]`` on a pool of ``workers`` spawned processes (``cores // workers`` torch
+    threads each), in order; with one worker, in this process. ``fn`` must be a module-level function (picklable).
+    Exceptions propagate after every call has finished."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    if workers <= 1 or len(calls) <= 1:
+        return [fn(*args) for args in calls]
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                initargs=(threads, log_dir or "")) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        cf.wait(futures)
+        return [f.result() for f in futures]
+
+
+class redirect_output:
     """Send this process's stdout/stderr (file descriptors too: C extensions, tqdm) to ``path`` for a block."""
 
     def __init__(self, path: Path | None):

@@ -24,9 +24,6 @@ import torch
 
 from cft_utils.checkpoints import write_streamed
 from cft_utils.config import ConfigError, load_config
-from cft_utils.mitigation.execute import execute_mitigation
-from cft_utils.mitigation.plan import plan_mitigations
-from cft_utils.mitigation.posthoc import interpolate_checkpoints, revert_checkpoint
 from cft_utils.evaluation.mitigation_tables import (
     ability_scores,
     mitigation_paper_table,
@@ -34,6 +31,9 @@ from cft_utils.evaluation.mitigation_tables import (
     pareto_front,
     strategy_effects,
 )
+from cft_utils.mitigation.execute import execute_mitigation
+from cft_utils.mitigation.plan import plan_mitigations
+from cft_utils.mitigation.posthoc import interpolate_checkpoints, revert_checkpoint
 from cft_utils.paths import PROJECT_ROOT
 from cft_utils.plan import plan_runs
 from cft_utils.train import execute

@@ -9,11 +9,15 @@ import pytest
 from toy_strategy import CopyPhase2
 
 from cft_utils.config import ConfigError, load_config
+from cft_utils.evaluation.mitigation_scores import probe_tidy
+from cft_utils.evaluation.mitigation_tables import (
+    mitigation_checks,
+    mitigation_paper_table,
+    mitigation_results,
+)
 from cft_utils.mitigation import base, registry
 from cft_utils.mitigation.execute import execute_mitigation
 from cft_utils.mitigation.plan import plan_mitigations, run_table
-from cft_utils.evaluation.mitigation_scores import probe_tidy
-from cft_utils.evaluation.mitigation_tables import mitigation_checks, mitigation_paper_table, mitigation_results
 from cft_utils.plan import plan_runs
 from cft_utils.train import execute
 

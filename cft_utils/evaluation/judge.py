@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..config import ExperimentConfig
 from ..io import read_jsonl, write_json, write_jsonl
-from ..models import load_model, load_tokenizer
+from ..models import fit_messages, load_model, load_tokenizer
 from .metrics import token_f1
 
 JUDGE_ENV = {"model": "CFT_JUDGE_MODEL", "base_url": "CFT_JUDGE_BASE_URL", "api_key": "CFT_JUDGE_API_KEY"}
@@ -233,14 +233,10 @@ class TransformersJudge:
                 {"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": prompt},
             ]
-            try:
-                return self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
-            except Exception:  # noqa: BLE001 - templates without a system role
-                return self.tokenizer.apply_chat_template(
-                    messages[1:], tokenize=False, add_generation_prompt=True
-                )
+            # templates without a system role (Mistral-Instruct v0.1): the system prompt joins the user turn
+            return self.tokenizer.apply_chat_template(
+                fit_messages(self.tokenizer, messages), tokenize=False, add_generation_prompt=True
+            )
         return prompt + "\nAnswer: "
 
     def continuation_logprobs(self, context: str, continuations: Sequence[str]) -> list[float]:

@@ -8,11 +8,11 @@ import math
 from collections.abc import Sequence
 
 from ..config import ExperimentConfig
-from .runner import evaluate_runs
 from ..io import read_json, write_json
 from ..runs import RunPlan
 from ..sandbox.probe import exact_match_probe
 from ..sandbox.world import World
+from .runner import evaluate_runs
 
 TA_BENCHMARKS = ("IFEval", "AlpacaEval", "MMLU", "HellaSwag")
 LA_BENCHMARKS = ("MLQA", "XLSum", "XQuAD")

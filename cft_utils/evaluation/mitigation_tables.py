@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from ..config import ExperimentConfig
 from ..io import read_json
+from ..mitigation.registry import strategy_of, table_order
 from ..outputs import save_figure, save_table
 from ..paper import paper_values
 from ..paths import figures_dir
 from ..runs import RunPlan
-from ..mitigation.registry import strategy_of, table_order
 from .mitigation_scores import LA_BENCHMARKS, TA_BENCHMARKS
 
 

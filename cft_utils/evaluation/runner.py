@@ -45,15 +45,18 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import BenchmarkSpec, ExperimentConfig
+from ..config import BenchmarkSpec, ConfigError, ExperimentConfig
+from ..integrity import DamagedResultWarning, file_sha256
 from ..io import atomic_path, read_json, read_jsonl, write_json
-from ..models import load_model, load_tokenizer, resolve_precision, use_threads
-from ..paths import PROJECT_ROOT, results_dir
+from ..locks import exclusive
+from ..models import load_model, load_tokenizer, resolve_precision, use_stop_tokens, use_threads
+from ..paths import PROJECT_ROOT, cft_home, results_dir
 from ..plan import plan_runs
 from ..sandbox.bench import bench_dir, build_bench
 from ..sandbox.build import sandbox_paths
@@ -230,6 +233,47 @@ def make_task_manager(cfg: ExperimentConfig, tasks: Iterable[str], local_data: d
     return tm
 
 
+# lm-eval's metrics for a task without a metric_list, by output type.
+DEFAULT_METRICS = {"multiple_choice": ("acc", "acc_norm"), "loglikelihood": ("perplexity", "acc"),
+                   "generate_until": ("exact_match",),
+                   "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte")}
+JUDGE_METRICS = ("win_rate", "n_judged", "n_unparsed_verdicts")  # what the alpaca_eval runner adds
+
+
+def task_metrics(tm, task: str) -> set[str] | None:
+    """The metric labels a task (or a group with an ``aggregate_metric_list``) produces in the tidy results, as
+    :func:`parse_task_results` names them (``<metric>@<filter>`` for filters other than ``none``); None when the
+    task's configuration does not say (a tag, a Python task, a group without aggregates)."""
+    entry = tm.task_index.get(task)
+    cfg = getattr(entry, "cfg", None)
+    if not cfg:
+        return None
+    if cfg.get("aggregate_metric_list"):
+        agg = cfg["aggregate_metric_list"]
+        return {str(m["metric"]) for m in (agg if isinstance(agg, list) else [agg])}
+    if entry.kind.name != "TASK":
+        return None
+    metrics = [str(m["metric"]) for m in cfg.get("metric_list") or []] or list(
+        DEFAULT_METRICS.get(cfg.get("output_type"), ()))
+    filters = [f.get("name", "none") for f in cfg.get("filter_list") or []] or ["none"]
+    return {m if f == "none" else f"{m}@{f}" for m in metrics for f in filters}
+
+
+def check_metrics(cfg: ExperimentConfig, jobs: Sequence[TaskJob], tm) -> None:
+    """Each benchmark's headline ``metric`` must be one its tasks produce (a typo such as ``acc_nrom`` would
+    otherwise give NaN headlines); ConfigError names the file, the key, the task and the metrics it has."""
+    errors = []
+    for j in jobs:
+        have = task_metrics(tm, j.task)
+        if have is not None and j.spec.runner == "alpaca_eval":
+            have |= set(JUDGE_METRICS)
+        if have is not None and j.spec.metric not in have:
+            errors.append(f"{cfg.source_file}: evaluation.benchmarks.{j.benchmark}.metric: {j.spec.metric!r} is not "
+                          f"a metric of task {j.task!r} (it reports {sorted(have)})")
+    if errors:
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
+
+
 # ------------------------------------------------------------------------------------------------ settings
 
 
@@ -249,14 +293,30 @@ def _settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _file_record(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
 def _valid_cache(path: Path, settings: dict) -> dict | None:
+    """The cache entry at ``path`` if it was computed with ``settings`` and the files it lists (samples, judge
+    records) are still the ones it was written with; a damaged entry is reported and recomputed."""
     if not path.exists():
         return None
     try:
         c = read_json(path)
     except (json.JSONDecodeError, OSError):
+        warnings.warn(f"evaluation cache {path} is unreadable (truncated?); it will be recomputed",
+                      DamagedResultWarning, stacklevel=2)
         return None
-    return c if c.get("settings_key") == _settings_key(settings) else None
+    if c.get("settings_key") != _settings_key(settings):
+        return None
+    for name, want in (c.get("files") or {}).items():
+        f = path.parent / name
+        if not f.exists() or f.stat().st_size != want["size"] or file_sha256(f) != want["sha256"]:
+            warnings.warn(f"evaluation cache {path}: {name} is missing or changed since it was written; the task "
+                          f"will be recomputed", DamagedResultWarning, stacklevel=2)
+            return None
+    return c
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -276,12 +336,17 @@ def make_lm(cfg: ExperimentConfig, model_path: str | Path, batch_size: int):
     from lm_eval.models.huggingface import HFLM
 
     if ev.parallelize:
-        return HFLM(pretrained=str(model_path), parallelize=True, dtype=dtype, batch_size=batch_size)
-    use_threads(ev.num_threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = load_tokenizer(model_path)
-    model = load_model(model_path, ev.precision, device=device)
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
+        lm = HFLM(pretrained=str(model_path), parallelize=True, dtype=dtype, batch_size=batch_size)
+    else:
+        use_threads(ev.num_threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tok = load_tokenizer(model_path)
+        model = load_model(model_path, ev.precision, device=device)
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
+    # HFLM stops on the generation config's eos ids and the tokenizer's eos string: add the template's end of turn
+    # (LLaMA-3 base on its Instruct template: <|eot_id|> is not its eos <|end_of_text|>).
+    use_stop_tokens(lm.model, lm.tokenizer)
+    return lm
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval
@@ -379,16 +444,26 @@ def evaluate_checkpoint(cfg: ExperimentConfig, run, jobs: Sequence[TaskJob], *, 
                         local_data: dict | None = None, force: bool = False) -> dict[str, Any]:
     """Evaluate one checkpoint (a RunPlan) on ``jobs``, skipping tasks whose cache is valid; returns a summary
     ``{"run_id", "evaluated": [tasks], "cached": [tasks], "seconds"}``."""
-    import lm_eval
-
     if not run.done():
         raise RuntimeError(f"{run.name} ({run.run_id}) is not trained yet: run notebooks 01-02 (or train.execute)")
     local_data = local_task_data(cfg) if local_data is None else local_data
     settings = {j.task: job_settings(cfg, j, local_data) for j in jobs}
     todo = [j for j in jobs if force or _valid_cache(cache_path(run, j.task, j.limit), settings[j.task]) is None]
-    done = [j.task for j in jobs if j not in todo]
     if not todo:
-        return {"run_id": run.run_id, "evaluated": [], "cached": done, "seconds": 0.0}
+        return {"run_id": run.run_id, "evaluated": [], "cached": [j.task for j in jobs], "seconds": 0.0}
+    # One writer per checkpoint's caches: a second process waits, then finds the tasks the first one computed.
+    with exclusive(eval_dir(run), what=f"evaluation of {run.name} ({run.run_id})"):
+        if not force:
+            todo = [j for j in todo if _valid_cache(cache_path(run, j.task, j.limit), settings[j.task]) is None]
+        done = [j.task for j in jobs if j not in todo]
+        if not todo:
+            return {"run_id": run.run_id, "evaluated": [], "cached": done, "seconds": 0.0}
+        return _evaluate_locked(cfg, run, todo, done, settings, task_manager, local_data)
+
+
+def _evaluate_locked(cfg, run, todo, done, settings, task_manager, local_data) -> dict[str, Any]:
+    import lm_eval
+
     t_all = time.time()
     if any(j.spec.runner == "alpaca_eval" for j in todo) and cfg.evaluation.judge != "reference":
         make_judge(cfg, [])  # fail on a missing endpoint/judge model before hours of generation, not after
@@ -414,12 +489,15 @@ def evaluate_checkpoint(cfg: ExperimentConfig, run, jobs: Sequence[TaskJob], *, 
                 metrics, n = parse_task_results(results, j.task)
                 samples = _task_samples(results, j.task)
                 _write_samples(samples_path(run, j.task, j.limit), samples)
+                written = [samples_path(run, j.task, j.limit)]
                 if j.spec.runner == "alpaca_eval":
                     metrics.update(_judge_alpaca(cfg, run, j, samples))
+                    written.append(judged_path(run, j.task, j.limit))
                 write_json(cache_path(run, j.task, j.limit), {
                     "run_id": run.run_id, "run": run.name, "task": j.task, "benchmark": j.benchmark,
                     "language": j.language, "limit": j.limit, "settings": settings[j.task],
                     "settings_key": _settings_key(settings[j.task]),
+                    "files": {f.name: _file_record(f) for f in written if f.exists()},
                     "metrics": {k: {"value": _json_num(v["value"]), "stderr": _json_num(v["stderr"])}
                                 for k, v in metrics.items()},
                     "n": _json_num(n), "seconds": round(seconds, 3), "lm_eval_version": lm_eval.__version__,
@@ -478,30 +556,57 @@ def tidy_from_caches(cfg: ExperimentConfig, runs: Iterable, suites: Sequence[str
 
 
 def evaluate_runs(cfg: ExperimentConfig, runs: Sequence, suites: Sequence[str] = SUITES, force: bool = False,
-                  progress: bool = True):
+                  progress: bool = True, workers: int | None = None):
     """Evaluate every checkpoint of ``runs`` (RunPlan objects; a Phase 2 run brings its Phase 1 parent as
     the P1 checkpoint) on the profile's suites and return the tidy rows (:data:`TIDY_COLUMNS`).
 
-    Each distinct checkpoint is evaluated once; finished tasks come from the caches. Nothing is written to
-    ``results/`` here (see :func:`evaluate_plan` / :func:`write_tidy`).
+    Each distinct checkpoint is evaluated once; finished tasks come from the caches. Checkpoints with work left are
+    spread over the executor's worker processes (``workers``, default: the profile's executor setting; each worker
+    loads one checkpoint at a time). Nothing is written to ``results/`` here (see :func:`evaluate_plan`).
     """
+    from ..executor import default_workers, parallel_map
+
     jobs = jobs_for(cfg, suites)
-    local = local_task_data(cfg)
-    tm = None
-    seen = {}
+    local = local_task_data(cfg)  # builds generated benchmark files once, before any worker starts
+    settings = {j.task: job_settings(cfg, j, local) for j in jobs}
+    pending, seen = [], set()
     for _, run, _cell in checkpoints_of(runs):
         if run.run_id in seen:
             continue
-        settings = {j.task: job_settings(cfg, j, local) for j in jobs}
-        pending = [j for j in jobs if force or _valid_cache(cache_path(run, j.task, j.limit), settings[j.task]) is None]
-        if pending and tm is None:
-            tm = make_task_manager(cfg, [j.task for j in jobs], local)
-        seen[run.run_id] = evaluate_checkpoint(cfg, run, jobs, task_manager=tm, local_data=local, force=force)
-        if progress and seen[run.run_id]["evaluated"]:
-            s = seen[run.run_id]
-            print(f"[evaluate] {run.name} ({run.run_id}): {len(s['evaluated'])} task(s) in {s['seconds']:.1f} s, "
+        seen.add(run.run_id)
+        if force or any(_valid_cache(cache_path(run, j.task, j.limit), settings[j.task]) is None for j in jobs):
+            if not run.done():
+                raise RuntimeError(f"{run.name} ({run.run_id}) is not trained yet: run notebooks 01-02 (or the "
+                                   "executor) first")
+            pending.append(run)
+    workers = workers or default_workers(cfg)
+    if pending:
+        prepare_ifeval(seed=cfg.evaluation.seed)
+    if workers > 1 and len(pending) > 1:
+        log_dir = str(cft_home() / "logs" / "evaluation")
+        calls = [(cfg.source_file, dict(cfg.overrides), r.name, tuple(suites), force, log_dir) for r in pending]
+        summaries = parallel_map(evaluate_named_checkpoint, calls, workers, log_dir)
+    else:
+        tm = make_task_manager(cfg, [j.task for j in jobs], local) if pending else None
+        summaries = [{"name": r.name, **evaluate_checkpoint(cfg, r, jobs, task_manager=tm, local_data=local,
+                                                             force=force)} for r in pending]
+    if progress:
+        for s in summaries:
+            print(f"[evaluate] {s['name']} ({s['run_id']}): {len(s['evaluated'])} task(s) in {s['seconds']:.1f} s, "
                   f"{len(s['cached'])} cached", flush=True)
     return tidy_from_caches(cfg, runs, suites)
+
+
+def evaluate_named_checkpoint(params_file: str, overrides: dict, name: str, suites: Sequence[str], force: bool,
+                              log_dir: str) -> dict:
+    """In a worker process: evaluate the checkpoint of the run called ``name`` (its output goes to a log file)."""
+    from ..executor import redirect_output, worker_context
+
+    cfg, runs = worker_context(params_file, overrides)
+    run = runs[name]
+    with redirect_output(Path(log_dir) / f"{run.run_id}.log"):
+        summary = evaluate_checkpoint(cfg, run, jobs_for(cfg, suites), force=force)
+    return {"name": name, **summary}
 
 
 def evaluation_seconds(runs: Iterable, cfg: ExperimentConfig, suites: Sequence[str] = SUITES):

@@ -11,6 +11,7 @@ from ..models import generate, load_model, load_tokenizer
 from ..outputs import save_figure
 from .world import ANSWER_MARK, World, final_answer
 
+
 def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
     """Greedy answers to the records' prompts (batched and left-padded by ``replay.hf_generate``)."""
     gens = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size, progress=False)

@@ -36,7 +36,6 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..languages import LANGUAGE_NAMES, SANDBOX_LANGUAGES
 
