@@ -350,6 +350,16 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def use_stop_tokens(model, tokenizer) -> list[int]:
+    """Make ``model.generate`` stop at every stop token (:func:`stop_token_ids`) by default: its generation config's
+    eos ids become the union. For generation loops that are not ours (lm-eval's HFLM passes no ``eos_token_id`` and
+    stops on the generation config's ids and on the tokenizer's eos string). Returns the ids."""
+    ids = stop_token_ids(tokenizer, model)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else ids
+    return ids
+
+
 def record_stop_tokens(model_dir: str | Path, tokenizer) -> list[int]:
     """Write the stop tokens (:func:`stop_token_ids`) into ``model_dir/generation_config.json`` as its eos ids, so
     every reader of the checkpoint (transformers, lm-eval, vLLM) stops at the template's end of turn. A model

@@ -176,3 +176,107 @@ def test_phase2_from_mistral_instruct_on_openorca_with_system_prompts(tmp_path, 
                    if json.loads(line)["system_prompt"].strip())
     assert summary["system_prompts_merged"] == n_system >= 1
     assert (run.model_dir / "chat_template.jinja").read_text() == MISTRAL_V01_TEMPLATE
+
+
+# ------------------------------------------------------------------ stop tokens
+
+
+def scripted(model, tokenizer, text_before: str, text_after: str):
+    """Make ``model`` emit ``text_before``, then the template's end-of-turn token, then ``text_after`` (a fake
+    next turn) whatever the prompt: its lm_head output is overwritten step by step. Returns the end-of-turn id."""
+    import torch
+
+    from cft_utils.models import end_of_turn_token
+
+    eot = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+    seq = tokenizer(text_before, add_special_tokens=False).input_ids + [eot]
+    seq += tokenizer(text_after, add_special_tokens=False).input_ids * 8
+    calls = {"n": 0}
+
+    def hook(module, args, out):
+        step = calls["n"]
+        calls["n"] += 1
+        logits = torch.zeros_like(out)
+        logits[..., seq[min(step, len(seq) - 1)]] = 30.0
+        return logits
+
+    model.lm_head.register_forward_hook(hook)
+    model.reset_script = lambda: calls.update(n=0)
+    return eot
+
+
+# LLaMA-3 base on its Instruct template: eos <|end_of_text|>, end of turn <|eot_id|>; Qwen2 base: <|endoftext|>
+# vs <|im_end|>. The base model's generation config knows only the eos.
+STOP_CASES = [("llama3", LLAMA3_TEMPLATE, "<|end_of_text|>", "<|eot_id|>"),
+              ("qwen2", None, "<|endoftext|>", "<|im_end|>")]
+
+
+@pytest.fixture(params=STOP_CASES, ids=[c[0] for c in STOP_CASES])
+def base_on_chat_template(request, family_dirs):
+    from cft_utils.models import load_model, load_tokenizer, stop_token_ids
+
+    family, template, eos, eot_token = request.param
+    d = family_dirs(family)
+    tok = load_tokenizer(d, chat_template=template)
+    model = load_model(d)
+    assert tok.eos_token == eos and model.generation_config.eos_token_id == tok.convert_tokens_to_ids(eos)
+    eot = scripted(model, tok, "Hi there", "user more words")
+    assert tok.convert_ids_to_tokens(eot) == eot_token and eot in stop_token_ids(tok, model)
+    return d, tok, model, eot
+
+
+def test_replay_generation_stops_at_the_end_of_turn(base_on_chat_template):
+    from cft_utils.models import generate
+
+    _, tok, model, _ = base_on_chat_template
+    (g,) = generate(model, tok, [[{"role": "user", "content": "Say hi."}]], max_new_tokens=12, batch_size=1)
+    assert g.finished and g.text == "Hi there"
+
+
+def test_lm_eval_generation_stops_at_the_end_of_turn(base_on_chat_template, monkeypatch):
+    from lm_eval.api.instance import Instance
+
+    from cft_utils.evaluation import runner
+
+    d, tok, model, eot = base_on_chat_template
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(runner, "load_tokenizer", lambda *a, **k: tok)
+    lm = runner.make_lm(load_config("smoke"), d, batch_size=1)
+    model.reset_script()
+    context = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False,
+                                      add_generation_prompt=True)
+    req = Instance(request_type="generate_until", doc={}, idx=0,
+                   arguments=(context, {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}))
+    assert lm.generate_until([req]) == ["Hi there"]
+    assert eot in lm.model.generation_config.eos_token_id
+
+
+def test_translator_generation_stops_at_the_end_of_turn(base_on_chat_template):
+    from cft_utils.data.translation.translators import TransformersTranslator
+
+    d, tok, model, _ = base_on_chat_template
+    tr = TransformersTranslator(d, model=model, tokenizer=tok, code_scheme="prompt", max_new_tokens=12, batch_size=1)
+    model.reset_script()
+    assert tr.translate_batch(["Hello."], "en", "es") == ["Hi there"]
+
+
+def test_a_checkpoint_trained_from_a_base_records_the_end_of_turn(tmp_path, family_dirs):
+    from cft_utils.models import load_tokenizer, record_stop_tokens
+
+    d = family_dirs("qwen2")
+    tok = load_tokenizer(d)
+    out = tmp_path / "ckpt"
+    tok.save_pretrained(out)
+    ids = record_stop_tokens(out, tok)
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert set(gen["eos_token_id"]) == set(ids) == {tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+
+
+def test_the_local_judge_keeps_its_system_prompt_on_a_template_without_system_role(family_dirs):
+    from cft_utils.evaluation.judge import TransformersJudge
+    from cft_utils.models import load_model, load_tokenizer
+
+    d = family_dirs("mistral", "instruct")
+    judge = TransformersJudge(load_model(d), load_tokenizer(d), system_prompt="You compare two answers.")
+    text = judge._prompt_text("Which is better?")
+    assert text.startswith("<s>[INST] You compare two answers.\n\nWhich is better? [/INST]")

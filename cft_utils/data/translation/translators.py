@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...languages import language_name
+from ...models import stop_token_ids
 from .segment import approx_tokens, split_for_translation
 from .spans import DEFAULT_PLACEHOLDER_STYLE, get_style
 
@@ -242,6 +243,8 @@ class TransformersTranslator(Translator):
 
         gen_kwargs: dict[str, Any] = {"do_sample": False, "num_beams": self.num_beams,
                                       "pad_token_id": self.tokenizer.pad_token_id}
+        if not self.is_seq2seq:  # a chat LM ends its turn with the template's end-of-turn token, not always eos
+            gen_kwargs["eos_token_id"] = stop_token_ids(self.tokenizer, self.model)
         if self.code_scheme in ("nllb", "m2m100"):
             if hasattr(self.tokenizer, "src_lang"):
                 self.tokenizer.src_lang = self._code(src_lang)
