@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .languages import SANDBOX_LANGUAGES
+from .languages import SANDBOX_LANGUAGES, check_languages
 from .paths import PROJECT_ROOT, params_file
 from .sandbox.world import WorldSpec
 
@@ -152,6 +152,11 @@ class DatasetSpec(_Strict):
     max_records: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="Seeded random subset of this size (None: all).")
     revision: str | None = None
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, v):
+        return v if v is None else check_languages(v, "languages")
 
     @model_validator(mode="after")
     def _path_needed(self):
@@ -330,6 +335,7 @@ class BenchmarkSpec(_Strict):
     def _tasks(self):
         if not self.tasks:
             raise ValueError("tasks must name at least one lm-eval task")
+        check_languages(self.tasks, "tasks (keyed by language)", names=True)
         return self
 
 
@@ -353,7 +359,9 @@ class EvaluationSpec(_Strict):
         default_factory=list, description="Extra task folders: names under cft_utils/tasks/, paths, or "
         "'lm_eval:<folder>' (a built-in lm-eval task folder, to point its tasks at local_data files).")
     sandbox_bench: bool = Field(
-        default=False, description="Generate the sandbox benchmarks from the world (cft_utils.sandbox_bench).")
+        default=False, description="Generate the sandbox benchmarks from the world (cft_utils.sandbox.bench).")
+    sandbox_bench_per_language: Annotated[int, Field(gt=0)] = Field(
+        default=40, description="Sandbox MLQA/XQuAD/XL-Sum items drawn per language (before overlap removal).")
     local_data: dict[str, str | dict[str, str]] = Field(
         default_factory=dict, description="task -> local file (or {split: file}) instead of the hub.")
     benchmarks: dict[str, BenchmarkSpec]
@@ -559,6 +567,16 @@ class ExperimentConfig(_Strict):
                 missing = [m.name for m in self.models if m.name in self.grid.models and not m.instruct]
                 if missing:
                     raise ValueError(f"grid.phase2.{i}.phase1: 'Instruct' but models {missing} have no 'instruct'")
+        # Constructed languages exist only in a sandbox that declares them.
+        declared = set(self.sandbox.languages) if self.sandbox is not None else set()
+        used = [(f"datasets.{k}.languages", c) for k, d in self.datasets.items() for c in d.languages or []]
+        if self.evaluation is not None:
+            used += [(f"evaluation.benchmarks.{b}.tasks", c) for b, s in self.evaluation.benchmarks.items()
+                     for c in s.tasks]
+        for key, c in used:
+            if c in SANDBOX_LANGUAGES and c not in declared:
+                raise ValueError(f"{key}: {c!r} is a sandbox language, but "
+                                 + (f"sandbox.languages is {sorted(declared)}" if declared else "there is no sandbox"))
         uses_sandbox = any(m.base == "sandbox" or m.instruct == "sandbox" for m in self.models) or any(
             d.source == "sandbox" for d in self.datasets.values())
         if uses_sandbox and self.sandbox is None:

@@ -160,7 +160,8 @@ def generated_benchmarks(cfg: ExperimentConfig) -> dict | None:
         return None
     if cfg.sandbox is None:
         raise ValueError(f"{cfg.source_file}: evaluation.sandbox_bench needs a 'sandbox' section")
-    return build_bench(World(cfg.sandbox.world_spec()), bench_dir(sandbox_paths(cfg)["world"]))
+    return build_bench(World(cfg.sandbox.world_spec()), bench_dir(sandbox_paths(cfg)["world"]),
+                       n_la=cfg.evaluation.sandbox_bench_per_language)
 
 
 def benchmark_items(cfg: ExperimentConfig):

@@ -47,7 +47,7 @@ from .world import (
     apply_constraint,
 )
 
-BENCH_VERSION = 1
+BENCH_VERSION = 2  # 2: MMLU-like questions on sizes too (171 items instead of 114)
 TA_TASKS = ("sb_ifeval", "sb_alpacaeval", "sb_mmlu", "sb_hellaswag")
 LA_BENCHMARKS = {"MLQA": "sb_mlqa", "XQuAD": "sb_xquad", "XLSum": "sb_xlsum"}
 # IFEval instruction ids for the world's verifiable constraints (cft_utils.sandbox.world.apply_constraint).
@@ -164,7 +164,7 @@ def _families(world: World) -> list[str]:
 
 
 def mmlu_items(world: World, train: TrainingInstructions) -> tuple[list[dict], int]:
-    """4-option questions on the world's facts (colour, place); the options are full fact sentences."""
+    """4-option questions on the world's facts (colour, place, size); the options are full fact sentences."""
     rng = _rng(world, "mmlu")
     places = sorted({p for ps in PLACES.values() for p in ps})
     rows, dropped = [], 0
@@ -173,6 +173,8 @@ def mmlu_items(world: World, train: TrainingInstructions) -> tuple[list[dict], i
         for subject, question, truth, pool, form in (
             ("colour", f"what colour is the {name} ?", f.colour, COLOURS, "the {n} is {v} ."),
             ("place", f"where is the {name} found ?", f.place, places, "the {n} is found in the {v} ."),
+            ("size", f"what size does the {name} have ?", str(f.size), [str(k) for k in range(1, 10)],
+             "the {n} has size {v} ."),
         ):
             options = [truth, *rng.sample([v for v in pool if v != truth], 3)]
             rng.shuffle(options)
