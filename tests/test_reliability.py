@@ -320,3 +320,70 @@ def test_trust_remote_code_is_off_by_default_and_loud_when_on(tiny_model_dir, re
         load_model(d, trust_remote_code=True)
     msgs = [str(w.message) for w in caught if issubclass(w.category, RemoteCodeWarning)]
     assert len(msgs) == 2 and all("trust_remote_code is ON" in m and str(d) in m for m in msgs)
+
+
+# --------------------------------------------------------------------------------------------- 4. metric names, languages
+
+
+@pytest.mark.bad_input("benchmark-metric-typo")
+def test_a_metric_the_task_does_not_produce_is_refused_before_evaluation(tmp_path, monkeypatch):
+    from cft_utils.config import ConfigError
+    from cft_utils.evaluation import runner
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path))
+    cfg = load_config("smoke", {"evaluation.benchmarks.HellaSwag.metric": "acc_nrom"})
+    monkeypatch.setattr(runner, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated with a bad metric"))
+    with pytest.raises(ConfigError) as e:
+        runner.evaluate_runs(cfg, plan_runs(cfg).phase2[:1], progress=False)
+    msg = str(e.value)
+    assert "smoke.yaml: evaluation.benchmarks.HellaSwag.metric: 'acc_nrom' is not a metric of task 'sb_hellaswag'" \
+        in msg and "'acc_norm'" in msg
+    # every shipped profile's headline metrics are ones their tasks produce
+    for profile in ("smoke", "sandbox"):
+        c = load_config(profile)
+        jobs = runner.jobs_for(c)
+        runner.check_metrics(c, jobs, runner.make_task_manager(c, [j.task for j in jobs]))
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    pytest.param("datasets.alpaca.languages", ["en", "xx"], "datasets.alpaca.languages", id="dataset-language-xx",
+                 marks=pytest.mark.bad_input("dataset-language-unknown")),
+    pytest.param("datasets.alpaca.languages", ["EN"], "datasets.alpaca.languages", id="dataset-language-upper",
+                 marks=pytest.mark.bad_input("dataset-language-upper-case")),
+    pytest.param("evaluation.benchmarks.MLQA.tasks", {"klingon": "sb_mlqa_qaa"}, "evaluation.benchmarks.MLQA",
+                 id="benchmark-language-klingon", marks=pytest.mark.bad_input("benchmark-language-unknown")),
+    pytest.param("evaluation.benchmarks.MLQA.tasks", {"qab": "sb_mlqa_qaa"}, "'qab' is a sandbox language",
+                 id="benchmark-language-undeclared", marks=pytest.mark.bad_input("benchmark-language-not-in-sandbox")),
+])
+def test_unknown_language_codes_are_refused_with_the_key(key, value, needle):
+    from cft_utils.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", {key: value})
+    assert "smoke.yaml" in str(e.value) and needle in str(e.value)
+    assert "unknown language code" in str(e.value) or "sandbox language" in str(e.value)
+
+
+def test_xlsum_language_names_stay_accepted_as_benchmark_keys():
+    assert load_config("paper").evaluation.benchmarks["XLSum"].tasks["chinese_simplified"]
+
+
+# --------------------------------------------------------------------------------------------- 1. evaluation caches
+
+
+def test_an_evaluation_cache_whose_samples_were_truncated_is_recomputed(tmp_path):
+    from cft_utils.evaluation import runner
+
+    samples = tmp_path / "t-3.samples.jsonl"
+    samples.write_text('{"doc": 1}\n{"doc": 2}\n')
+    settings = {"task": "t", "limit": 3}
+    cache = tmp_path / "t-3.json"
+    cache.write_text(json.dumps({"settings_key": runner._settings_key(settings), "metrics": {},
+                                 "files": {samples.name: runner._file_record(samples)}}))
+    assert runner._valid_cache(cache, settings) is not None
+    samples.write_text('{"doc": 1}\n')
+    with pytest.warns(integrity.DamagedResultWarning, match=r"t-3.json: t-3.samples.jsonl is missing or changed"):
+        assert runner._valid_cache(cache, settings) is None
+    cache.write_text('{"settings_key": "ab')
+    with pytest.warns(integrity.DamagedResultWarning, match="unreadable"):
+        assert runner._valid_cache(cache, settings) is None

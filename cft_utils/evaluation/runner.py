@@ -569,6 +569,8 @@ def evaluate_runs(cfg: ExperimentConfig, runs: Sequence, suites: Sequence[str] =
 
     jobs = jobs_for(cfg, suites)
     local = local_task_data(cfg)  # builds generated benchmark files once, before any worker starts
+    tm = make_task_manager(cfg, [j.task for j in jobs], local)
+    check_metrics(cfg, jobs, tm)  # a headline metric the tasks do not produce: before compute and cache reads
     settings = {j.task: job_settings(cfg, j, local) for j in jobs}
     pending, seen = [], set()
     for _, run, _cell in checkpoints_of(runs):
@@ -588,7 +590,6 @@ def evaluate_runs(cfg: ExperimentConfig, runs: Sequence, suites: Sequence[str] =
         calls = [(cfg.source_file, dict(cfg.overrides), r.name, tuple(suites), force, log_dir) for r in pending]
         summaries = parallel_map(evaluate_named_checkpoint, calls, workers, log_dir)
     else:
-        tm = make_task_manager(cfg, [j.task for j in jobs], local) if pending else None
         summaries = [{"name": r.name, **evaluate_checkpoint(cfg, r, jobs, task_manager=tm, local_data=local,
                                                              force=force)} for r in pending]
     if progress:
