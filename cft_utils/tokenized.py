@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +33,7 @@ from .paths import cft_home
 
 CACHE_ENV = "CFT_TOKENIZED_CACHE"
 # Bump when the preparation below changes what it writes (old cache folders are then simply not found).
-PREPARATION_VERSION = 1
+PREPARATION_VERSION = 2  # 2: meta.json lists the dropped records (counts per language)
 
 
 @dataclass
@@ -48,6 +48,7 @@ class PreparedData:
     n_tokens: int  # tokens in the kept records
     cache_hit: bool
     path: Path | None  # the cache folder (None when the cache is off)
+    by_language: dict[str, dict[str, int]] = field(default_factory=dict)  # language -> given/trained/dropped
 
     @property
     def n_kept(self) -> int:
@@ -58,7 +59,8 @@ class PreparedData:
         """The counts for a run's summary.json."""
         return {"n_records_trained": self.n_kept, "n_dropped_over_length": self.n_dropped,
                 "n_dropped_no_loss": self.n_no_loss, "n_tokens": self.n_tokens,
-                "tokenized_fingerprint": self.fingerprint, "tokenized_cache_hit": self.cache_hit}
+                "tokenized_fingerprint": self.fingerprint, "tokenized_cache_hit": self.cache_hit,
+                "records_by_language": self.by_language}
 
 
 def cache_root() -> Path:
@@ -149,8 +151,27 @@ def _build(records: list[dict], tokenizer, args, max_length: int):
     if len(keep) < len(ds):
         ds = ds.select(keep)
     counts = {"n_records": len(records), "n_dropped": n_dropped, "n_no_loss": n_no_loss,
-              "n_tokens": sum(lengths[i] for i in keep)}
+              "n_tokens": sum(lengths[i] for i in keep),
+              "dropped_idx": [i for i, n in enumerate(lengths) if n > max_length],
+              "no_loss_idx": [i for i, (n, ok) in enumerate(zip(lengths, has_loss, strict=True))
+                              if n <= max_length and not ok]}
     return ds, counts
+
+
+def language_counts(records: list[dict], dropped: list[int], no_loss: list[int]) -> dict[str, dict[str, int]]:
+    """Per language: records given, trained on, dropped for length and dropped for having no loss token."""
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        c = out.setdefault(str(r.get("language")), {"given": 0, "trained": 0, "dropped_over_length": 0,
+                                                    "dropped_no_loss": 0})
+        c["given"] += 1
+        c["trained"] += 1
+    for key, idx in (("dropped_over_length", dropped), ("dropped_no_loss", no_loss)):
+        for i in idx:
+            c = out[str(records[i].get("language"))]
+            c[key] += 1
+            c["trained"] -= 1
+    return dict(sorted(out.items()))
 
 
 def prepare(records: list[dict], tokenizer, args, max_length: int, cache: bool | None = None,
@@ -168,6 +189,7 @@ def prepare(records: list[dict], tokenizer, args, max_length: int, cache: bool |
     use_cache = cache_enabled() if cache is None else cache
     if not use_cache:
         ds, counts = _build(records, tokenizer, args, max_length)
+        idx = (counts.pop("dropped_idx"), counts.pop("no_loss_idx"))
         result = PreparedData(ds, fp, cache_hit=False, path=None, **counts)
     else:
         root = Path(root) if root is not None else cache_root()
@@ -195,6 +217,8 @@ def prepare(records: list[dict], tokenizer, args, max_length: int, cache: bool |
             raise RuntimeError(f"tokenised cache {final} is corrupt (rows do not match meta.json); delete it")
         result = PreparedData(ds, fp, meta["n_records"], meta["n_dropped"], meta["n_no_loss"], meta["n_tokens"],
                               cache_hit=hit, path=final)
+        idx = (meta["dropped_idx"], meta["no_loss_idx"])
+    result.by_language = language_counts(records, *idx)
     if result.n_kept == 0:
         raise ValueError(f"every record was dropped ({result.n_dropped} over max_length={max_length} tokens, "
                          f"{result.n_no_loss} with no token in the loss)")

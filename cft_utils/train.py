@@ -277,7 +277,8 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
         summary = {
             "name": run.name, "run_id": run.run_id, "phase": run.phase, "model": run.model,
             "phase1_data": run.phase1_data, "phase2_data": run.phase2_data, "strategy": run.strategy,
-            "n_records": len(records), "global_steps": trainer.state.global_step,
+            "n_records": data.n_kept,  # records trained on: over-long ones are dropped (and counted below)
+            "n_records_given": len(records), "global_steps": trainer.state.global_step,
             "final_loss": losses[-1] if losses else None,
             "train_loss": whole_run_loss(trainer.state.log_history),  # all steps, also after a resume
             "runtime_s": round(time.time() - t0, 2), "resumed_from": resume, "precision": prec,

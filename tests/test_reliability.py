@@ -387,3 +387,35 @@ def test_an_evaluation_cache_whose_samples_were_truncated_is_recomputed(tmp_path
     cache.write_text('{"settings_key": "ab')
     with pytest.warns(integrity.DamagedResultWarning, match="unreadable"):
         assert runner._valid_cache(cache, settings) is None
+
+
+# --------------------------------------------------------------------------------------------- 3. records per language
+
+
+@pytest.mark.bad_input("record-prompt-over-max-length")
+@pytest.mark.parametrize("cache", [False, True], ids=["in-memory", "cached"])
+def test_records_over_max_length_are_counted_per_language_and_not_as_trained(tmp_path, tiny_tokenizer, cache):
+    from cft_utils.config import TrainingSpec
+    from cft_utils.tokenized import prepare
+    from cft_utils.train import sft_config
+
+    def rec(i, lang, prompt_words=3, answer="plum, pear"):
+        return {"id": f"r{i}", "language": lang, "completion": [{"role": "assistant", "content": answer}],
+                "prompt": [{"role": "user", "content": " ".join(["apple"] * prompt_words)}]}
+
+    # a prompt alone longer than max_length (TRL would drop it silently), an over-long answer, and fine records
+    records = [rec(0, "en"), rec(1, "qaa", prompt_words=200), rec(2, "qaa"), rec(3, "qac", answer="pear " * 200),
+               rec(4, "qac"), rec(5, "qac")]
+    h = TrainingSpec(global_batch_size=2, per_device_batch_size=2, gradient_accumulation_steps=1, max_length=64)
+    data = prepare(records, tiny_tokenizer, sft_config(h, tmp_path / "c", seed=0, prepared=True), h.max_length,
+                   cache=cache, root=tmp_path / "cache")
+    if cache:  # the counts come back from the cache too
+        data = prepare(records, tiny_tokenizer, sft_config(h, tmp_path / "c", seed=0, prepared=True), h.max_length,
+                       cache=True, root=tmp_path / "cache")
+        assert data.cache_hit
+    assert data.n_kept == len(data.dataset) == 4
+    s = data.summary()
+    assert s["records_by_language"] == {
+        "en": {"given": 1, "trained": 1, "dropped_over_length": 0, "dropped_no_loss": 0},
+        "qaa": {"given": 2, "trained": 1, "dropped_over_length": 1, "dropped_no_loss": 0},
+        "qac": {"given": 3, "trained": 2, "dropped_over_length": 1, "dropped_no_loss": 0}}
