@@ -16,7 +16,7 @@ endif
 PY := $(ENV_PREFIX)/bin/python
 STAMP := $(ENV_PREFIX)/.cft-setup.stamp
 
-.PHONY: help setup reproduce test test-fast lint bench lab clean clean-artifacts
+.PHONY: help setup reproduce findings robustness test test-fast lint bench lab clean clean-artifacts
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ setup: $(STAMP) ## Create/refresh the environment (pinned torch 2.13 CPU wheel),
 
 reproduce: setup ## Execute the notebooks with papermill for PROFILE (SET=overrides, ONLY=notebooks): reports/<name>/index.html
 	$(PY) -m cft_utils.reproduce --profile $(PROFILE) $(if $(strip $(ONLY)),--only $(ONLY)) $(foreach kv,$(SET),--set '$(kv)')
+
+findings: setup ## After make reproduce: snapshot results/PROFILE/claims.csv into data/findings/ and regenerate the README's findings
+	$(PY) -m cft_utils.report.findings --profile $(PROFILE) --snapshot
+
+robustness: setup ## Verdicts under another world seed and a more English pre-training (two more sandbox reproduces, ~2x its time)
+	$(PY) -m cft_utils.reproduce --profile $(PROFILE) --set sandbox.seed=4321
+	$(PY) -m cft_utils.reproduce --profile $(PROFILE) --set sandbox.english_share=0.8
+	$(PY) -m cft_utils.report.robustness --profile $(PROFILE) --variant sandbox.seed=4321 --variant sandbox.english_share=0.8
 
 test: setup ## Run the whole test suite (what CI runs)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
