@@ -228,6 +228,10 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
             f"{h.num_processes}; the global batch would not be {h.global_batch_size}. Set training.num_processes "
             f"and gradient_accumulation_steps to match the launch.")
     use_threads(h.num_threads)
+    # Same machine, same seed: the same weights. CPU kernels are deterministic; on GPUs ask torch for the
+    # deterministic variants where it has them (a warning, not an error, where it has none).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     # Everything that can fail on bad input fails here, before a model is loaded.
     records = run_records(run, cfg)
     n_extra = len(extra_records or [])
