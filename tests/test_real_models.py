@@ -7,6 +7,7 @@ models are tiny and random. No hub, no network.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -280,3 +281,40 @@ def test_the_local_judge_keeps_its_system_prompt_on_a_template_without_system_ro
     judge = TransformersJudge(load_model(d), load_tokenizer(d), system_prompt="You compare two answers.")
     text = judge._prompt_text("Which is better?")
     assert text.startswith("<s>[INST] You compare two answers.\n\nWhich is better? [/INST]")
+
+
+# ------------------------------------------------------------------ real data layouts
+
+
+def test_mmlu_from_the_original_subject_csv_folder(tmp_path):
+    """57 header-less <subject>_test.csv / _dev.csv files with letter answers -> lm-eval's mmlu group."""
+    import lm_eval.tasks
+
+    from cft_utils.evaluation.tasks.manager import task_manager
+
+    mmlu_dir = Path(lm_eval.tasks.__file__).parent / "mmlu" / "default"
+    tm = task_manager(include=[mmlu_dir], local_data={"mmlu": FIXTURES / "mmlu"}, workdir=tmp_path / "tasks",
+                      include_defaults=False)
+    loaded = tm.load("mmlu")
+    tasks = {k: v for k, v in loaded["tasks"].items()}
+    assert len(tasks) == 57
+    task = tasks["mmlu_anatomy"]
+    (doc,) = list(task.eval_docs)
+    (row,) = csv.reader(open(FIXTURES / "mmlu/data/test/anatomy_test.csv", encoding="utf-8", newline=""))
+    assert task.doc_to_text(doc).startswith(row[0]) and task.doc_to_target(doc) == "ABCD".index(row[5])
+    assert len(list(task.fewshot_docs())) == 1  # the dev split
+    # a folder without one of the group's subjects is an error naming it
+    partial = tmp_path / "partial"
+    for f in (FIXTURES / "mmlu/data/test").glob("a*_test.csv"):
+        (partial / f.name).parent.mkdir(parents=True, exist_ok=True)
+        (partial / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(FileNotFoundError, match="mmlu_anatomy|lacks the CSV files"):
+        task_manager(include=[mmlu_dir], local_data={"mmlu": partial}, workdir=tmp_path / "t2",
+                     include_defaults=False)
+
+
+def test_paper_profile_uses_project_mlqa_tasks():
+    """lm-eval's mlqa_* read facebook/mlqa, which has a loading script: datasets 5 cannot load it."""
+    cfg = load_config("paper")
+    assert set(cfg.evaluation.benchmarks["MLQA"].tasks.values()) == {f"cft_mlqa_{lang}" for lang in
+                                                                    ("ar", "de", "es", "hi", "vi", "zh")}

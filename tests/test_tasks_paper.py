@@ -14,6 +14,8 @@ import yaml
 
 from cft_utils.evaluation.tasks.manager import (
     GROUPS,
+    MLQA_LANGUAGES,
+    MLQA_TASKS,
     PAPER_TASKS_DIR,
     XLSUM_LANGUAGES,
     XLSUM_TASKS,
@@ -28,6 +30,7 @@ from cft_utils.evaluation.tasks.manager import (
 FIX = Path(__file__).parent / "fixtures"
 XQUAD_FIX = {lang: FIX / "xquad" / f"xquad.{lang}.json" for lang in ("ar", "de", "zh")}
 XLSUM_FIX = {cfg: FIX / "xlsum" / f"{cfg}_test.jsonl" for cfg in ("arabic", "hindi", "japanese")}
+MLQA_FIX = FIX / "mlqa" / "test-context-de-question-de.json"  # MLQA's release layout (SQuAD v1.1 JSON)
 
 
 def all_local_data() -> dict[str, Path]:
@@ -37,6 +40,8 @@ def all_local_data() -> dict[str, Path]:
         data[f"cft_xquad_{lang}"] = XQUAD_FIX.get(lang, XQUAD_FIX["de"])
     for cfg in XLSUM_LANGUAGES:
         data[f"cft_xlsum_{cfg}"] = XLSUM_FIX.get(cfg, XLSUM_FIX["japanese"])
+    for lang in MLQA_LANGUAGES:
+        data[f"cft_mlqa_{lang}"] = MLQA_FIX
     return data
 
 
@@ -55,8 +60,8 @@ def test_shipped_files_match_the_declared_tasks():
         loader.add_constructor("!function", lambda lo, node: lo.construct_scalar(node))
         cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
         names.add(cfg.get("group") or cfg["task"])
-    assert names == set(XQUAD_TASKS) | set(XLSUM_TASKS) | set(GROUPS)
-    assert len(XQUAD_TASKS) == 11 and len(XLSUM_TASKS) == 6
+    assert names == set(XQUAD_TASKS) | set(XLSUM_TASKS) | set(MLQA_TASKS) | set(GROUPS)
+    assert len(XQUAD_TASKS) == 11 and len(XLSUM_TASKS) == 6 and len(MLQA_TASKS) == 6
 
 
 def test_hub_sources_of_the_real_profile():
@@ -78,12 +83,12 @@ def test_hub_sources_of_the_real_profile():
 
 
 def test_every_shipped_yaml_loads_offline_with_local_data(tm_all):
-    for name in [*XQUAD_TASKS, *XLSUM_TASKS]:
+    for name in [*XQUAD_TASKS, *XLSUM_TASKS, *MLQA_TASKS]:
         task = tm_all.load(name)["tasks"][name]
         docs = list(task.eval_docs)
         assert docs, name
         prompt = task.doc_to_text(docs[0])
-        key = "context" if name.startswith("cft_xquad") else "text"
+        key = "text" if name.startswith("cft_xlsum") else "context"
         assert docs[0][key] in prompt, name  # the template renders the document, not a literal word
         assert task.config.process_results is not None
     for group, members in GROUPS.items():

@@ -2,12 +2,15 @@
 
 ``cft_utils/evaluation/tasks/paper/`` (package data) holds the paper-profile tasks lm-eval lacks or has
 broken: ``cft_xquad_<lang>`` for the 11 XQuAD languages and ``cft_xlsum_<language>`` for the
-paper's six XL-Sum languages, with groups ``cft_xquad`` and ``cft_xlsum`` (unweighted means).
+paper's six XL-Sum languages, and ``cft_mlqa_<lang>`` for the paper's six MLQA languages (lm-eval's own
+``mlqa_*`` read a hub dataset with a loading script, which datasets 5 refuses), with groups ``cft_xquad``,
+``cft_xlsum`` and ``cft_mlqa`` (unweighted means).
 
-By default the tasks read the hub (``google/xquad``; the parquet export of ``csebuetnlp/xlsum``).
+By default the tasks read the hub (``google/xquad``; the parquet exports of ``csebuetnlp/xlsum`` and
+``facebook/mlqa``).
 :func:`task_manager` with ``local_data={task: file}`` writes, per run, a small override YAML per
 task (``include:`` of the shipped YAML + ``dataset_path: json`` + absolute ``data_files``) into a
-work folder that lm-eval indexes after the shipped one, so the override wins. An XQuAD file may
+work folder that lm-eval indexes after the shipped one, so the override wins. An XQuAD or MLQA file may
 be in the original SQuAD v1.1 JSON layout (``{"data": [{"paragraphs": [...]}]}``): it is flattened
 to the hub's row layout (``id, context, question, answers{text, answer_start}``) first.
 
@@ -15,6 +18,12 @@ A built-in lm-eval task can be pointed at local data the same way once its folde
 ``include`` (e.g. ``include=[<lm_eval>/tasks/ifeval]``, ``local_data={"ifeval": "prompts.jsonl"}``).
 A single file becomes the evaluation split (``test_split``, else ``validation_split``); a task
 that also needs a training/few-shot split (hellaswag) takes ``{split: file}`` instead.
+
+MMLU in its original layout (hendrycks/test: a folder of 57 header-less ``<subject>_test.csv`` /
+``<subject>_dev.csv`` files, columns ``question, A, B, C, D, answer`` with a letter answer) is given as a folder:
+``local_data={"mmlu": "<folder>"}`` with lm-eval's ``mmlu/default`` folder in ``include``. Each subject's CSVs are
+converted to the hub's rows (``question, subject, choices, answer`` as an index) and its ``mmlu_<subject>`` task is
+pointed at them (test split and few-shot dev split); a subject of the group without files is an error.
 
 Example::
 
@@ -48,9 +57,12 @@ XLSUM_LANGUAGES = {
     "japanese": "ja",
     "spanish": "es",
 }
+# The paper's MLQA languages (context and question in the same language).
+MLQA_LANGUAGES = ("ar", "de", "es", "hi", "vi", "zh")
 XQUAD_TASKS = tuple(f"cft_xquad_{lang}" for lang in XQUAD_LANGUAGES)
 XLSUM_TASKS = tuple(f"cft_xlsum_{cfg}" for cfg in XLSUM_LANGUAGES)
-GROUPS = {"cft_xquad": XQUAD_TASKS, "cft_xlsum": XLSUM_TASKS}
+MLQA_TASKS = tuple(f"cft_mlqa_{lang}" for lang in MLQA_LANGUAGES)
+GROUPS = {"cft_xquad": XQUAD_TASKS, "cft_xlsum": XLSUM_TASKS, "cft_mlqa": MLQA_TASKS}
 
 
 def shipped_task_yamls(root: str | os.PathLike = PAPER_TASKS_DIR) -> list[Path]:
@@ -94,6 +106,69 @@ def squad_to_records(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+MMLU_LETTERS = "ABCD"
+MMLU_SPLITS = {"test": "test_split", "dev": "fewshot_split", "val": "validation_split"}
+
+
+def mmlu_csv_files(folder: str | os.PathLike) -> dict[str, dict[str, Path]]:
+    """``{subject: {split: csv}}`` of an MMLU data folder in the original layout (``<subject>_<split>.csv`` for
+    split test, dev or val, anywhere below ``folder``, e.g. ``data/test/abstract_algebra_test.csv``)."""
+    out: dict[str, dict[str, Path]] = {}
+    for f in sorted(Path(folder).rglob("*.csv")):
+        subject, _, split = f.stem.rpartition("_")
+        if subject and split in MMLU_SPLITS:
+            out.setdefault(subject, {})[split] = f
+    return out
+
+
+def mmlu_csv_to_records(path: str | os.PathLike, subject: str) -> list[dict]:
+    """One original MMLU CSV (no header; ``question, A, B, C, D, answer``) as hub-style rows
+    (``question, subject, choices, answer`` with the answer's index)."""
+    import csv
+
+    path = Path(path)
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if len(row) != 6 or row[5].strip() not in MMLU_LETTERS:
+                raise ValueError(f"{path}: row {i + 1}: expected question, A, B, C, D and an answer letter A-D "
+                                 f"(no header row), got {len(row)} field(s): {row[:1]}...")
+            rows.append({"question": row[0], "subject": subject, "choices": row[1:5],
+                         "answer": MMLU_LETTERS.index(row[5].strip())})
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def _mmlu_folder_overrides(name: str, folder: Path, index: Mapping, out_dir: Path) -> dict[str, dict[str, str]]:
+    """``{task: {split: jsonl}}`` for an MMLU CSV folder given for task or group ``name``."""
+    from lm_eval.tasks._index import Kind
+
+    files = mmlu_csv_files(folder)
+    if not files:
+        raise FileNotFoundError(f"local data for {name!r}: {folder} holds no <subject>_test.csv files (MMLU layout)")
+    entry = index.get(name)
+    if entry is not None and entry.kind is Kind.TASK:
+        wanted = [name]
+    else:  # the group: every mmlu_<subject> task beside it
+        wanted = sorted(k for k, e in index.items() if e.kind is Kind.TASK and k.startswith("mmlu_")
+                        and e.yaml_path.parent == (entry.yaml_path.parent if entry else e.yaml_path.parent))
+    missing = [t for t in wanted if t.removeprefix("mmlu_") not in files]
+    if not wanted or missing:
+        raise FileNotFoundError(f"local data for {name!r}: {folder} lacks the CSV files of "
+                                f"{missing or [name]} (it has {sorted(files)[:5]}{'...' if len(files) > 5 else ''})")
+    out = {}
+    for task in wanted:
+        subject, cfg = task.removeprefix("mmlu_"), index[task].cfg
+        splits = {}
+        for split, f in files[subject].items():
+            if cfg.get(MMLU_SPLITS[split]):
+                splits[cfg[MMLU_SPLITS[split]]] = str(write_jsonl(out_dir / "data" / f"{task}.{split}.jsonl",
+                                                                  mmlu_csv_to_records(f, subject)))
+        out[task] = splits
+    return out
+
+
 def task_index(include: Iterable[Path]) -> dict:
     """lm-eval's index (name -> entry with kind, YAML path and config) of the task folders ``include``."""
     from lm_eval.tasks._index import TaskIndex
@@ -124,13 +199,19 @@ def write_local_task_dir(
     """Write override YAMLs that point the named tasks at local files; return ``out_dir``.
 
     ``local_data`` maps a task name to a JSON/JSONL file of rows (used as the task's evaluation
-    split) or to ``{split: file}``; SQuAD JSON is flattened first.
+    split) or to ``{split: file}``; SQuAD JSON is flattened first; an MMLU CSV folder is converted per subject.
     """
     from lm_eval.tasks._index import Kind
 
     out_dir = Path(out_dir).resolve()
     index = task_index(include)
+    expanded: dict = {}
     for name, data_path in local_data.items():
+        if not isinstance(data_path, Mapping) and Path(data_path).is_dir():  # MMLU's original CSV folder
+            expanded.update(_mmlu_folder_overrides(name, Path(data_path).resolve(), index, out_dir))
+        else:
+            expanded[name] = data_path
+    for name, data_path in expanded.items():
         entry = index.get(name)
         if entry is None or entry.kind is not Kind.TASK:
             known = sorted(k for k, e in index.items() if e.kind is Kind.TASK)
