@@ -59,7 +59,7 @@ def _rename_profile(df: pd.DataFrame, level: str, extra: dict) -> pd.DataFrame:
     return df
 
 
-MPD_COLUMNS = ["comparison", "model", "phase1_data", "phase2_data", "run_a", "run_b", "mpd", "mpd_normalised",
+MPD_COLUMNS = ["comparison", "model", "seed", "phase1_data", "phase2_data", "run_a", "run_b", "mpd", "mpd_normalised",
                "relative", "drift_from_base", "reference_drift", "update_cosine"]
 
 
@@ -68,19 +68,22 @@ def mpd_to_reference(cfg, plan, refs, **kwargs) -> tuple[pd.DataFrame, pd.DataFr
 
     Returns (table with :data:`MPD_COLUMNS`, per-layer and per-kind profile). ``comparison`` is
     ``phase1_vs_reference``; ``mpd_normalised`` divides by the largest MPD among the Phase 1 models compared
-    with the same reference, as the paper does. ``kwargs`` go to ``parameter_difference``.
+    with the same reference, as the paper does. With several training seeds each reference is compared with the Phase 1
+    runs of its own seed (and the Instruct model, trained once); ``seed`` names it. ``kwargs`` go to
+    ``parameter_difference``.
     """
     tables, profiles = [], []
     for model in cfg.grid.models:
         base = base_model_source(cfg, model)
-        p1 = {r.phase1_data: r for r in plan.phase1 if r.model == model}
         for ref in (r for r in refs if r.model == model):
+            p1 = {r.phase1_data: r for r in plan.phase1
+                  if r.model == model and (r.phase1_data == "Instruct" or r.seed == ref.seed)}
             finetuned = {dataset_label(k): run_weights(cfg, r) for k, r in p1.items() if k != ref.phase1_data}
             comp = compare_models(base, finetuned, run_weights(cfg, ref), f"base→{ref.phase1_data}", **kwargs)
             t = comp.table()
             ref_norm = math.sqrt(comp.to_reference[next(iter(finetuned))].tensors["sq_b"].sum())
             tables.append(pd.DataFrame({
-                "comparison": "phase1_vs_reference", "model": model, "phase1_data": t["model"],
+                "comparison": "phase1_vs_reference", "model": model, "seed": ref.seed, "phase1_data": t["model"],
                 "phase2_data": ref.phase1_data,
                 "run_a": [p1["Instruct" if m == INSTRUCT else m].run_id for m in t["model"]],
                 "run_b": ref.run_id, "mpd": t["mpd"], "mpd_normalised": t["mpd_normalised"],
@@ -90,7 +93,7 @@ def mpd_to_reference(cfg, plan, refs, **kwargs) -> tuple[pd.DataFrame, pd.DataFr
             for level in ("layer", "kind"):
                 prof = comp.profile(level).rename(columns={"model": "phase1_data"}).drop(columns=["reference"])
                 profiles.append(_rename_profile(prof, level, {"comparison": "phase1_vs_reference", "model": model,
-                                                              "phase2_data": ref.phase1_data}))
+                                                              "seed": ref.seed, "phase2_data": ref.phase1_data}))
     if not tables:
         raise ValueError("mpd_to_reference: no reference runs for the grid's models")
     return pd.concat(tables, ignore_index=True)[MPD_COLUMNS], pd.concat(profiles, ignore_index=True)
@@ -107,13 +110,13 @@ def mpd_phase2_drift(cfg, plan, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
         parent = run.parent
         d = parameter_difference(run_weights(cfg, parent), run_weights(cfg, run), **kwargs)
         norm_p1 = math.sqrt(d.tensors["sq_a"].sum())
-        rows.append({"comparison": "phase2_drift", "model": run.model, "phase1_data": dataset_label(run.phase1_data),
-                     "phase2_data": run.phase2_data, "run_a": parent.run_id, "run_b": run.run_id,
+        rows.append({"comparison": "phase2_drift", "model": run.model, "seed": run.seed,
+                     "phase1_data": dataset_label(run.phase1_data), "phase2_data": run.phase2_data, "run_a": parent.run_id, "run_b": run.run_id,
                      "mpd": d.total_l2, "relative": d.total_l2 / norm_p1 if norm_p1 > 0 else math.nan})
         for level, g in (("layer", d.by_layer()), ("kind", d.by_kind())):
             g = g.drop(columns=["sq_a", "sq_b"]).assign(phase1_data=dataset_label(run.phase1_data))
             profiles.append(_rename_profile(g, level, {"comparison": "phase2_drift", "model": run.model,
-                                                       "phase2_data": run.phase2_data}))
+                                                       "seed": run.seed, "phase2_data": run.phase2_data}))
     if not rows:
         raise ValueError("mpd_phase2_drift: the plan has no Phase 2 runs")
     t = pd.DataFrame(rows)
@@ -127,13 +130,14 @@ def mpd_phase2_drift(cfg, plan, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def mpd_orderings(mpd_table: pd.DataFrame, comparison: str = "phase1_vs_reference",
                   comparisons=PAPER_ORDERING) -> pd.DataFrame:
-    """:func:`ordering_checks` on MPD (lower = closer) for one ``comparison`` kind, per model."""
+    """:func:`ordering_checks` on MPD (lower = closer) for one ``comparison`` kind, per model (and training seed)."""
     d = mpd_table[mpd_table["comparison"] == comparison]
+    keys = ["model", "seed"] if "seed" in d.columns else ["model"]
     parts = []
-    for model, g in d.groupby("model", sort=False):
+    for key, g in d.groupby(keys, sort=False):
         g = g.rename(columns={"phase1_data": "a", "phase2_data": "b"})
         parts.append(ordering_checks(g, comparisons, value="mpd", higher_is_closer=False, lo=None, hi=None
-                                     ).assign(model=model))
+                                     ).assign(**dict(zip(keys, key, strict=True))))
     if not parts:
         return pd.DataFrame(columns=["closer_pair", "closer", "farther_pair", "farther", "holds", "separated",
                                      "model"])
@@ -155,14 +159,16 @@ def with_paper_mpd(table: pd.DataFrame, path=None) -> pd.DataFrame:
 
 
 def des_mpd_agreement(des_table: pd.DataFrame, mpd_table: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, Phase 2 set): the Phase 1 sets ordered by DES (high first) and by MPD (low first).
+    """Per (model, Phase 2 set, training seed): the Phase 1 sets ordered by DES (high first) and by MPD (low first).
 
     ``agree`` is True when both orders are the same; ``spearman`` is the rank correlation of DES with -MPD
     (NaN with fewer than three sets). Only ``phase1_vs_reference`` rows of ``mpd_table`` are used.
     """
     rows = []
     ref = mpd_table[mpd_table["comparison"] == "phase1_vs_reference"]
-    for (model, d2), g in ref.groupby(["model", "phase2_data"], sort=False):
+    keys = ["model", "phase2_data", "seed"] if "seed" in ref.columns else ["model", "phase2_data"]
+    for key, g in ref.groupby(keys, sort=False):
+        d2 = key[1]
         des_vals = {}
         for d1 in g["phase1_data"]:
             r = pair_row(des_table, (d1, d2))
@@ -171,9 +177,9 @@ def des_mpd_agreement(des_table: pd.DataFrame, mpd_table: pd.DataFrame) -> pd.Da
         by_des = g.sort_values("des", ascending=False)["phase1_data"].tolist()
         by_mpd = g.sort_values("mpd", ascending=True)["phase1_data"].tolist()
         rho = (g["des"].rank().corr(-g["mpd"].rank(), method="pearson") if len(g) >= 3 else math.nan)
-        rows.append({"model": model, "phase2_data": d2, "by_des": " > ".join(by_des),
+        rows.append({**dict(zip(keys, key, strict=True)), "by_des": " > ".join(by_des),
                      "by_mpd": " < ".join(by_mpd), "agree": by_des == by_mpd, "spearman": rho})
-    return pd.DataFrame(rows, columns=["model", "phase2_data", "by_des", "by_mpd", "agree", "spearman"])
+    return pd.DataFrame(rows, columns=[*keys, "by_des", "by_mpd", "agree", "spearman"])
 
 
 def mpd_study(cfg, plan, refs) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -63,7 +63,10 @@ def plot_des_intervals(table: pd.DataFrame, stem=None, title: str = "DES with bo
 
 
 def plot_mpd_profile(profile: pd.DataFrame, stem=None, title: str = "Where the models differ") -> Figure:
-    """Per-layer (top row) and per-module (bottom row) L2 difference, one column per comparison group."""
+    """Per-layer (top row) and per-module (bottom row) L2 difference, one column per comparison group (the mean over
+    training seeds where the profile has several)."""
+    profile = profile.groupby(["level", "comparison", "model", "phase2_data", "phase1_data", "part"], sort=False,
+                              as_index=False)["l2"].mean()
     groups = list(dict.fromkeys(
         (c, m, d2) for c, m, d2 in zip(profile["comparison"], profile["model"], profile["phase2_data"], strict=True)
         if c == "phase1_vs_reference"))
