@@ -67,10 +67,15 @@ def graph(runs: Sequence[RunPlan]) -> list[Task]:
 
     for r in runs:
         add(r)
+    # Two names for one run id (the same content planned twice) are one task: two workers never write one run.
+    first = {}
+    for r in by_name.values():
+        first.setdefault(r.run_id, r.name)
     tasks = []
     for r in by_name.values():
-        deps = tuple(d.name for d in (r.parent, r.baseline) if d is not None and not d.registered)
-        if not r.registered:
+        deps = tuple(dict.fromkeys(first[d.run_id] for d in (r.parent, r.baseline)
+                                   if d is not None and not d.registered))
+        if not r.registered and first[r.run_id] == r.name:
             tasks.append(Task(r.name, r.run_id, deps))
     return tasks
 
@@ -439,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=["local", "slurm", "submitit-local"], default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--only", choices=["phase1", "phase2", "mitigation", "all"], default="all")
+    ap.add_argument("--list", action="store_true", help="print every run (grid and mitigation) with its status")
     args = ap.parse_args(argv)
     from .mitigation.plan import plan_mitigations
     from .plan import plan_runs
@@ -447,6 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_runs(cfg)
     runs = {"phase1": plan.phase1, "phase2": plan.phase2, "mitigation": plan_mitigations(cfg, plan),
             "all": plan.all() + plan_mitigations(cfg, plan)}[args.only]
+    if args.list:
+        import pandas as pd
+
+        deps = {t.name: t.deps for t in graph(runs)}
+        print(pd.DataFrame([{"name": r.name, "run_id": r.run_id, "strategy": r.strategy, "seed": r.seed,
+                             "needs": ", ".join(deps.get(r.name, ())) or "-", "done": r.done()}
+                            for r in _all_runs(runs)]).to_string(index=False))
+        return 0
     execute_runs(cfg, runs, workers=args.workers, backend=args.backend)
     return 0
 

@@ -136,6 +136,30 @@ def run_records(run: RunPlan, cfg: ExperimentConfig) -> list[dict]:
     return load_records(cfg, run.data_key)
 
 
+class LoraTargetError(ValueError):
+    """LoRA target modules that match nothing in the model (or only part of the list)."""
+
+
+def check_lora_targets(model, target_modules) -> dict[str, int]:
+    """Each LoRA target (a module name, matched as PEFT does: the full name or its last dotted parts) must match
+    at least one linear module of ``model``; otherwise :class:`LoraTargetError` names the targets that match
+    nothing and the linear module names the model has (a fused ``qkv_proj`` model has no ``q_proj``). Returns
+    {target: modules matched}. A string target (a regex, or ``"all-linear"``) is left to PEFT."""
+    import torch
+
+    if target_modules is None or isinstance(target_modules, str):
+        return {}
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    counts = {t: sum(n == t or n.endswith(f".{t}") for n in names) for t in target_modules}
+    missing = [t for t, c in counts.items() if c == 0]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise LoraTargetError(f"LoRA target_modules {missing} match no module of the model "
+                              f"({type(model).__name__}); of {sorted(counts)} only {sorted(set(counts) - set(missing))} "
+                              f"match. Its linear modules: {leaves}")
+    return counts
+
+
 def fit_records(tokenizer, records: list[dict]) -> tuple[list[dict], int]:
     """Records as the tokenizer's chat template can render them (the template is applied when the records are
     tokenised): on a template without a system role (Mistral-Instruct v0.1), system prompts are merged into the
@@ -254,6 +278,8 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
                                        "init": init, "n_records": len(records)})
     prec = resolve_precision(h.precision)
     model = load_model(init, prec, trust_remote_code=mspec.trust_remote_code)
+    if peft_config is not None:  # a target list that adapts less than asked is an error, not a quieter run
+        check_lora_targets(model, peft_config.target_modules)
     if model_hook is not None:
         model_hook(model)
     args = sft_config(h, rdir / "checkpoints", cfg.seed if run.seed is None else run.seed, prepared=True)
@@ -326,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_runs(cfg)
     if args.list:
         print(plan.table().to_string(index=False))
+        print("\n(the mitigation runs: python -m cft_utils.mitigation --params ... --list; everything with what each "
+              "run needs: python -m cft_utils.executor --params ... --list)")
         return 0
     if args.prepare:
         if cfg.sandbox is not None:
