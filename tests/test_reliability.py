@@ -419,3 +419,23 @@ def test_records_over_max_length_are_counted_per_language_and_not_as_trained(tmp
         "en": {"given": 1, "trained": 1, "dropped_over_length": 0, "dropped_no_loss": 0},
         "qaa": {"given": 2, "trained": 1, "dropped_over_length": 1, "dropped_no_loss": 0},
         "qac": {"given": 3, "trained": 2, "dropped_over_length": 1, "dropped_no_loss": 0}}
+
+
+# --------------------------------------------------------------------------------------------- 2. executor
+
+
+def test_the_executor_never_gives_one_run_id_to_two_workers(tmp_path, monkeypatch):
+    import dataclasses
+
+    from cft_utils.executor import graph
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path))
+    plan = plan_runs(load_config("smoke"))
+    p1 = plan.phase1[0]
+    alias = dataclasses.replace(p1, name=p1.name + "-again")  # the same content under another name
+    child = next(r for r in plan.phase2 if r.parent is p1)
+    child2 = dataclasses.replace(child, parent=alias)
+    tasks = graph([p1, alias, child, child2])
+    assert [t.run_id for t in tasks].count(p1.run_id) == 1
+    assert [t.run_id for t in tasks].count(child.run_id) == 1
+    assert next(t for t in tasks if t.run_id == child.run_id).deps == (p1.name,)
