@@ -1,5 +1,8 @@
 """Typed experiment configuration, loaded from a YAML parameter file and validated before any compute.
 
+One idea in one module (it is long): the schema of a parameter file, one pydantic class per section, validated
+together because sections refer to each other (a mitigation cell must be a Phase 2 cell of the grid, ...).
+
 A profile is a parameter file (``params/<profile>.yaml``): ``sandbox`` (default), ``smoke`` (smallest, for
 tests) and ``paper``. The profiles differ in values only; the code path is one.
 
