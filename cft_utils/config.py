@@ -237,6 +237,9 @@ class MitigationCell(_Strict):
     data: str = Field(description="The Phase 2 dataset key.")
     models: list[str] | None = Field(default=None, description="Model names (None: every model of the grid).")
     table: str | None = Field(default=None, description="The paper table this cell fills, e.g. '3' or 'C6'.")
+    strategies: list[str] | None = Field(
+        default=None, description="Only these of mitigation.strategies on this cell (None: all; the paper's Table C6 "
+        "has no LF_H1 row).")
 
 
 class CounterpartSpec(_Strict):

@@ -469,3 +469,16 @@ def test_notebooks_07_and_08_execute_in_the_smoke_profile(mitigated, tmp_path_fa
     text = "".join(o.get("text", "") for c in nbformat.read(out / "08_layer_freezing.ipynb", as_version=4).cells
                    for o in c.get("outputs", []))
     assert "Phase 2 changed TA_avg by" in text
+
+
+def test_a_cell_can_take_a_subset_of_the_strategies():
+    """The paper's Table C6 has no LF_H1 row: a cell lists the strategies it gets; unknown names are refused."""
+    from cft_utils.config import ConfigError
+
+    cfg = load_config("smoke", {"mitigation.cells.1.strategies": ["GR", "LF_H2"]})
+    runs = plan_mitigations(cfg)
+    c6 = {r.variant.strategy for r in runs if r.variant.table == "C6"}
+    t3 = {r.variant.strategy for r in runs if r.variant.table == "3"}
+    assert c6 == {"GR", "LF_H2"} and "LF_H1" in t3
+    with pytest.raises(ConfigError, match=r"mitigation.cells.1.strategies: \['XX'\]"):
+        plan_mitigations(load_config("smoke", {"mitigation.cells.1.strategies": ["XX"]}))

@@ -1,6 +1,6 @@
 """Task ability (TA) and language ability (LA), zero-shot, on lm-eval; AlpacaEval with a pluggable judge.
 
-(About 600 lines, one idea: running lm-eval on the grid's checkpoints and keeping what it returns -- the jobs a
+(About 700 lines, one idea: running lm-eval on the grid's checkpoints and keeping what it returns -- the jobs a
 profile asks for, the per-task caches, and the tidy rows rebuilt from them. Scoring is in :mod:`.metrics`, judging
 in :mod:`.judge`, tables in :mod:`.tables`.)
 

@@ -30,11 +30,18 @@ def plan_mitigations(cfg: ExperimentConfig, plan: Plan | None = None) -> list[Ru
     plan = plan or plan_runs(cfg)
     where = cfg.source_file or "<config>"
     out = []
-    for cell in mit.cells:
+    names = {strategy.name for strategy, _ in chosen}
+    for i, cell in enumerate(mit.cells):
+        unknown = sorted(set(cell.strategies or ()) - names)
+        if unknown:
+            raise ConfigError(f"invalid parameter file\n  {where}: mitigation.cells.{i}.strategies: {unknown} are not "
+                              f"in mitigation.strategies ({sorted(names)})")
         for model, baseline in _baselines(plan, cell, cell.models or cfg.grid.models):
             c = Cell(cfg, model, baseline.parent, baseline, cell.table)
             labels: dict[str, str] = {}
             for strategy, params in chosen:
+                if cell.strategies is not None and strategy.name not in cell.strategies:
+                    continue
                 try:
                     variants = strategy.variants(params, c)
                 except ValueError as e:
