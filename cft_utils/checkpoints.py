@@ -52,6 +52,9 @@ _KINDS = {
     "embed_tokens": "embed", "wte": "embed", "word_embeddings": "embed", "embed_in": "embed",
     "lm_head": "lm_head", "embed_out": "lm_head",
 }
+# Fused projections (Phi-3 style: one tensor whose output rows are the parts, concatenated in this order). They are
+# measured, ranked and frozen as their parts: a q/k/v ranking or freeze means the same rows in a fused model.
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 _LM_HEAD = "lm_head.weight"
 
@@ -75,6 +78,32 @@ def parse_param_name(name: str) -> tuple[int | None, str, str]:
     else:
         kind = leaf
     return layer, leaf, kind
+
+
+def fused_row_slices(leaf: str, config: dict) -> dict[str, slice]:
+    """The output rows of each part of a fused projection (``qkv_proj``: q, k, v heads x head_dim from the
+    config's ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``; ``gate_up_proj``: two halves of
+    ``2 x intermediate_size``); empty for a leaf that is not fused."""
+    if leaf not in FUSED_PROJECTIONS:
+        return {}
+    if leaf == "qkv_proj":
+        n_heads = int(config["num_attention_heads"])
+        n_kv = int(config.get("num_key_value_heads") or n_heads)
+        head_dim = int(config.get("head_dim") or config["hidden_size"] // n_heads)
+        sizes = (n_heads * head_dim, n_kv * head_dim, n_kv * head_dim)
+    else:
+        sizes = (int(config["intermediate_size"]),) * 2
+    out, start = {}, 0
+    for part, n in zip(FUSED_PROJECTIONS[leaf], sizes, strict=True):
+        out[part] = slice(start, start + n)
+        start += n
+    return out
+
+
+def fused_part_name(name: str, leaf: str, part: str) -> str:
+    """``model.layers.0.self_attn.qkv_proj.weight`` -> ``model.layers.0.self_attn.q_proj.weight``."""
+    head, _, tail = name.rpartition(f"{leaf}.")
+    return f"{head}{part}.{tail}"
 
 
 @dataclass(frozen=True)
@@ -345,6 +374,10 @@ def parameter_difference(
 ) -> ParameterDifference:
     """Stream two checkpoints tensor by tensor and return Σ(a-b)² per tensor, per layer, per module.
 
+    A fused projection (``qkv_proj``, ``gate_up_proj``: :data:`FUSED_PROJECTIONS`) is reported as its parts
+    (``q_proj``, ``k_proj``, ``v_proj``; ``gate_proj``, ``up_proj``), each with the rows it owns, so rankings per
+    q/k/v module and per head read a fused model like any other (``note`` names the fused tensor and the rows).
+
     Raises ``ValueError`` naming the tensor when the tensor sets, shapes or dtypes differ (dtype
     differences pass with ``allow_dtype_mismatch=True``: every value is compared in float64), and when
     the configs name different model types.
@@ -371,9 +404,10 @@ def parameter_difference(
     records, rows = [], {}
     for name, in_a, in_b, note in aligned:
         layer, module, kind = parse_param_name(name)
-        want_rows = module in row_modules and len(a.tensors[in_a].shape) >= 1
+        parts = fused_row_slices(module, a.config) if len(a.tensors[in_a].shape) >= 1 else {}
+        want_rows = (module in row_modules or bool(parts)) and len(a.tensors[in_a].shape) >= 1
         sq_diff = sq_a = sq_b = 0.0
-        row_diff, row_a = [], []
+        row_diff, row_a, row_b = [], [], []
         for ca, cb in zip(a.iter_chunks(in_a, chunk_elems), b.iter_chunks(in_b, chunk_elems), strict=True):
             n = ca.numel()
             if scratch[0].numel() < n:
@@ -390,9 +424,26 @@ def parameter_difference(
             if want_rows:
                 row_diff.append(d2.reshape(d2.shape[0], -1).sum(1).numpy())
                 row_a.append(fa.reshape(fa.shape[0], -1).sum(1).numpy())
+                if parts:
+                    row_b.append(fb.reshape(fb.shape[0], -1).sum(1).numpy())
+        info = a.tensors[in_a]
+        if parts:
+            rd, ra, rb = (np.concatenate(x) for x in (row_diff, row_a, row_b))
+            if max(sl.stop for sl in parts.values()) != len(rd):
+                raise ValueError(f"tensor {name!r}: {len(rd)} output rows, but the config's parts need "
+                                 f"{ {k: v.stop - v.start for k, v in parts.items()} }")
+            per_row = info.numel // len(rd)
+            for part, sl in parts.items():
+                pname = fused_part_name(name, module, part)
+                if part in row_modules:
+                    rows[pname] = (rd[sl], ra[sl])
+                records.append({"tensor": pname, "layer": layer, "module": part, "kind": _KINDS[part],
+                                "numel": (sl.stop - sl.start) * per_row, "dtype": info.dtype,
+                                "sq_diff": float(rd[sl].sum()), "sq_a": float(ra[sl].sum()),
+                                "sq_b": float(rb[sl].sum()), "note": f"rows {sl.start}:{sl.stop} of {name}"})
+            continue
         if want_rows and row_diff:
             rows[name] = (np.concatenate(row_diff), np.concatenate(row_a))
-        info = a.tensors[in_a]
         records.append({"tensor": name, "layer": layer, "module": module, "kind": kind,
                         "numel": info.numel, "dtype": info.dtype, "sq_diff": sq_diff,
                         "sq_a": sq_a, "sq_b": sq_b, "note": note})

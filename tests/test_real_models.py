@@ -318,3 +318,92 @@ def test_paper_profile_uses_project_mlqa_tasks():
     cfg = load_config("paper")
     assert set(cfg.evaluation.benchmarks["MLQA"].tasks.values()) == {f"cft_mlqa_{lang}" for lang in
                                                                     ("ar", "de", "es", "hi", "vi", "zh")}
+
+
+# ------------------------------------------------------------------ fused projections and LoRA targets
+
+
+def _phi3(tmp_path, name, seed, tok=None):
+    """A tiny Phi-3-shaped model (fused qkv_proj and gate_up_proj; grouped-query attention) saved to a folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    torch.manual_seed(seed)
+    cfg = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(tmp_path / name)
+    return model, tmp_path / name
+
+
+def test_fused_qkv_is_ranked_per_part_and_per_head(tmp_path):
+    import torch
+
+    from cft_utils.checkpoints import parameter_difference, rank_heads, rank_layers
+
+    base, bdir = _phi3(tmp_path, "base", 0)
+    with torch.no_grad():  # Phase 1 moved layer 2's k rows most, layer 1's q rows most
+        base.model.layers[2].self_attn.qkv_proj.weight[32:40] += 1.0  # k: rows 32..47 (2 kv heads x 8)
+        base.model.layers[1].self_attn.qkv_proj.weight[8:16] += 1.0  # q head 1
+    base.save_pretrained(tmp_path / "p1")
+    diff = parameter_difference(bdir, tmp_path / "p1")
+    ranking, table = rank_layers(diff, top_k=1)
+    assert ranking["q_proj"] == [1] and ranking["k_proj"] == [2]
+    heads, _ = rank_heads(diff, top_k=1)
+    assert heads["q_proj"] == [(1, 1)] and heads["k_proj"] == [(2, 0)]
+    fused = diff.tensors[diff.tensors["note"].astype(str).str.contains("qkv_proj")]
+    assert set(fused["module"]) == {"q_proj", "k_proj", "v_proj"}
+    # MPD totals are unchanged by the split: the parts add up to the fused tensor
+    assert abs(fused["sq_diff"].sum() - 16 * 32) < 1e-6
+    assert {"gate_proj", "up_proj"} <= set(diff.by_layer_module()["module"])
+
+
+def test_lf_h2_and_lf_h1_qkv_freeze_the_rows_of_a_fused_tensor(tmp_path):
+    import torch
+
+    from cft_utils.mitigation.freeze import FreezePlan, apply_freeze, select_lf_h2, verify_frozen
+
+    base, bdir = _phi3(tmp_path, "base", 0)
+    with torch.no_grad():
+        base.model.layers[1].self_attn.qkv_proj.weight[:32] += 1.0  # q rows of layer 1
+    base.save_pretrained(tmp_path / "p1")
+    plan = select_lf_h2(bdir, tmp_path / "p1", k=1, modules=["q_proj"])
+    assert plan.modules == {"q_proj": [1]}
+    model, _ = _phi3(tmp_path, "train", 3)
+    model.save_pretrained(tmp_path / "before")
+    report = apply_freeze(model, plan)
+    assert report.masked == {"model.layers.1.self_attn.qkv_proj.weight": [(0, 32)]}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        model(input_ids=torch.tensor([[3, 4, 5, 6]]), labels=torch.tensor([[3, 4, 5, 6]])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(tmp_path / "after")
+    check = verify_frozen(tmp_path / "before", tmp_path / "after", report.to_dict())
+    assert check["bit_identical"] and check["masked_rows_checked"] == 32
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "before/model.safetensors")["model.layers.1.self_attn.qkv_proj.weight"]
+    b = load_file(tmp_path / "after/model.safetensors")["model.layers.1.self_attn.qkv_proj.weight"]
+    assert not torch.equal(a[32:], b[32:])
+    # LF_H1 with the qkv scope: every q, k and v row of the chosen layer; heads too (per-head LF_H2)
+    model2, _ = _phi3(tmp_path, "train2", 4)
+    r2 = apply_freeze(model2, FreezePlan("LF_H1", modules={m: [0] for m in ("q_proj", "k_proj", "v_proj")}))
+    assert sorted(r2.masked["model.layers.0.self_attn.qkv_proj.weight"]) == [(0, 32), (32, 48), (48, 64)]
+    r3 = apply_freeze(_phi3(tmp_path, "train3", 5)[0], FreezePlan("LF_H2-head", heads={"v_proj": [(2, 1)]}))
+    assert r3.masked == {"model.layers.2.self_attn.qkv_proj.weight": [(56, 64)]}
+
+
+def test_lora_targets_that_match_nothing_are_an_error_naming_the_modules(tmp_path, family_dirs):
+    from cft_utils.models import load_model
+    from cft_utils.train import LoraTargetError, check_lora_targets
+
+    phi3, _ = _phi3(tmp_path, "phi3", 0)
+    with pytest.raises(LoraTargetError, match=r"\['k_proj', 'q_proj', 'v_proj'\].*qkv_proj"):
+        check_lora_targets(phi3, ["q_proj", "k_proj", "v_proj"])
+    with pytest.raises(LoraTargetError, match=r"\['q_proj'\] match no module.*only \['qkv_proj'\] match"):
+        check_lora_targets(phi3, ["qkv_proj", "q_proj"])
+    assert check_lora_targets(phi3, ["qkv_proj", "o_proj"]) == {"qkv_proj": 3, "o_proj": 3}
+    llama = load_model(family_dirs("llama3"))
+    assert check_lora_targets(llama, ["q_proj", "k_proj", "v_proj"]) == {"q_proj": 2, "k_proj": 2, "v_proj": 2}

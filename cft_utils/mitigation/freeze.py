@@ -35,7 +35,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoints import open_checkpoint, parameter_difference, parse_param_name, rank_heads, rank_layers
+from ..checkpoints import (
+    FUSED_PROJECTIONS,
+    fused_row_slices,
+    open_checkpoint,
+    parameter_difference,
+    parse_param_name,
+    rank_heads,
+    rank_layers,
+)
 from ..config import ExperimentConfig
 from ..io import read_json
 from ..plan import model_spec, phase1_model_dir
@@ -192,7 +200,9 @@ class FreezeReport:
 def apply_freeze(model, plan: FreezePlan) -> FreezeReport:
     """Freeze ``plan`` on ``model`` in place: requires_grad_(False) for whole tensors, gradient hooks for rows.
 
-    Raises ValueError when a planned layer, module or head does not exist in the model.
+    Raises ValueError when a planned layer, module or head does not exist in the model. In a model with fused
+    projections (``qkv_proj``, ``gate_up_proj``), a planned ``q_proj`` (``k_proj``, ...) freeze or head is the
+    part's rows of the fused tensor, frozen by gradient masking like a head (the other parts keep training).
     """
     import torch
 
@@ -212,9 +222,22 @@ def apply_freeze(model, plan: FreezePlan) -> FreezeReport:
     missing = sorted(want_layers - layers_seen)
     if missing:
         raise ValueError(f"{plan.strategy}: layer(s) {missing} do not exist (model has {len(layers_seen)} layers)")
+    config = model.config.to_dict()
+    fused = {}  # (layer, part) -> [(tensor name, rows of the part)]
+    for name in named:
+        layer, leaf, _ = parse_param_name(name)
+        for part, sl in (fused_row_slices(leaf, config) if layer is not None else {}).items():
+            fused.setdefault((layer, part), []).append((name, sl))
     for module, lst in plan.modules.items():
-        if lst and not any(parse_param_name(n)[1] == module for n in frozen):
-            raise ValueError(f"{plan.strategy}: the model has no {module!r} tensors to freeze")
+        for layer in lst if not any(parse_param_name(n)[1] == module for n in named) else ():
+            for name, sl in fused.get((layer, module), []):
+                if named[name].requires_grad:
+                    masked.setdefault(name, []).append((sl.start, sl.stop))
+        if lst and not any(parse_param_name(n)[1] == module for n in frozen) and not any(
+                (layer, module) in fused for layer in lst):
+            fused_leaves = sorted({parse_param_name(n)[1] for n in named} & set(FUSED_PROJECTIONS))
+            raise ValueError(f"{plan.strategy}: the model has no {module!r} tensors to freeze"
+                             + (f" (its fused projections: {fused_leaves})" if fused_leaves else ""))
     if plan.heads:
         n_heads, n_kv, head_dim = head_geometry(model.config)
         for module, pairs in plan.heads.items():
@@ -222,14 +245,16 @@ def apply_freeze(model, plan: FreezePlan) -> FreezeReport:
             for layer, head in pairs:
                 if not 0 <= head < limit:
                     raise ValueError(f"{plan.strategy}: {module} has {limit} heads, not head {head}")
-                targets = [n for n in named if parse_param_name(n)[:2] == (layer, module)]
+                targets = [(n, 0) for n in named if parse_param_name(n)[:2] == (layer, module)]
+                targets += [(n, sl.start) for n, sl in fused.get((layer, module), [])]  # the part's rows
                 if not targets:
                     raise ValueError(f"{plan.strategy}: no {module} tensor in layer {layer}")
-                for name in targets:
+                for name, offset in targets:
                     if not named[name].requires_grad:
                         continue  # already frozen whole
                     rows = head_rows(module, head, head_dim)
-                    masked.setdefault(name, []).append((rows.start, rows.stop))
+                    masked.setdefault(name, []).append((offset + rows.start, offset + rows.stop))
+    if masked:
         for name, spans in masked.items():
             p = named[name]
             mask = torch.ones(p.shape[0], *([1] * (p.dim() - 1)), dtype=p.dtype, device=p.device)
