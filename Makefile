@@ -58,8 +58,8 @@ test-fast: setup ## Tests without the slow ones (no training, no notebooks)
 lint: setup ## Ruff on the package, tests and benchmarks
 	$(PY) -m ruff check cft_utils tests bench
 
-bench: setup ## Benchmarks (ratios against a baseline measured in the same run)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: setup ## Benchmarks: ratios against the baselines users would pick -> bench/RESULTS.md (~15 min; QUICK=1: fast check)
+	$(PY) bench/run_all.py $(if $(QUICK),--quick)
 
 lab: setup ## JupyterLab on the notebooks with the project's kernel (prints its URL; LAB_IP, LAB_PORT; works as root)
 	$(PY) -m jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) --ServerApp.root_dir=$(CURDIR)/notebooks \

@@ -9,9 +9,15 @@ subprocess, how far the peak resident set (``VmHWM`` in ``/proc/self/status``, r
 * ``full-load``: a control that loads both checkpoints whole with ``safetensors.torch.load_file``, to show
   the measurement does see memory that grows with the model.
 
+Each mode runs ``--reps`` times per scale, streaming and full-load alternating. Ratios (medians): time of
+streaming / full-load at 4x (target <= 1.5), and the peak-RSS rise at 4x as a multiple of one checkpoint's size
+for each mode (flat: streaming stays far below 1x while full-load grows with the model). Written to
+``bench/results/mpd_memory.json`` for bench/RESULTS.md.
+
 Run from the repository root (Linux only; about a minute, ~0.7 GB of temporary disk)::
 
     .venv/bin/python bench/bench_mpd_memory.py
+    .venv/bin/python bench/bench_mpd_memory.py --quick       # smaller checkpoints, 1 repetition
     .venv/bin/python bench/bench_mpd_memory.py --hidden 1024 --layers 8 --keep /tmp/mpd-bench
 """
 
@@ -118,6 +124,30 @@ def _run_child(mode: str, a: Path, b: Path, chunk_elems: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def write_summary(rows: list[dict], chunk: int, args) -> None:
+    """The ratios for bench/RESULTS.md (medians over repetitions)."""
+    from benchlib import ratio, write_result
+
+    def pick(mode, scale, key):
+        return [r[key] for r in rows if r["mode"] == mode and r["scale"] == scale]
+
+    four_mib = pick("streaming", "4x", "checkpoint_mib")[0]
+    reps = len(pick("streaming", "4x", "seconds"))
+    ratios = [
+        ratio("streaming MPD vs plain load (time, 4x checkpoints)", "checkpoints.parameter_difference (streaming)",
+              "safetensors load_file of both checkpoints", pick("streaming", "4x", "seconds"),
+              pick("full-load", "4x", "seconds"), higher_is_better=True, unit="x time", target="<= 1.5"),
+        ratio("streaming MPD: peak RSS rise at 4x / checkpoint size", "streaming", "one 4x checkpoint (MiB)",
+              [r / 1024 for r in pick("streaming", "4x", "rise_kib")], [four_mib] * reps,
+              unit="x checkpoint", target="flat (<< 1)"),
+        ratio("plain load: peak RSS rise at 4x / checkpoint size", "full-load", "one 4x checkpoint (MiB)",
+              [r / 1024 for r in pick("full-load", "4x", "rise_kib")], [four_mib] * reps,
+              unit="x checkpoint"),
+    ]
+    write_result("mpd_memory", {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
+                                "chunk_elems": chunk, "ratios": ratios, "rows": rows}, args.quick)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=512, help="hidden size at 1x (doubled at 4x)")
@@ -126,12 +156,18 @@ def main() -> None:
     parser.add_argument("--shard-mib", type=int, default=32)
     parser.add_argument("--chunk-elems", type=int, default=None, help="default: the library's")
     parser.add_argument("--keep", type=Path, default=None, help="build/keep checkpoints here")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per mode and scale (default 3)")
+    parser.add_argument("--quick", action="store_true", help="hidden 256, vocab 4000, 1 repetition")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "DIR_A", "DIR_B"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "bench"))
     from cft_utils.checkpoints import DEFAULT_CHUNK_ELEMS
 
     chunk = args.chunk_elems or DEFAULT_CHUNK_ELEMS
+    reps = args.reps or (1 if args.quick else 3)
+    if args.quick:
+        args.hidden, args.vocab = min(args.hidden, 256), min(args.vocab, 4000)
     if args.child:
         print(json.dumps(measure(*args.child, chunk)))
         return
@@ -151,7 +187,7 @@ def main() -> None:
                 dirs.append(d)
             size_mib = sum(f.stat().st_size for f in dirs[0].glob("*.safetensors")) / 2**20
             shards = len(list(dirs[0].glob("*.safetensors")))
-            for mode in ("streaming", "full-load"):
+            for _rep, mode in [(i, m) for i in range(reps) for m in ("streaming", "full-load")]:  # A B A B
                 r = _run_child(mode, dirs[0], dirs[1], chunk)
                 r |= {"scale": scale, "checkpoint_mib": size_mib, "shards": shards, "params": n}
                 rows.append(r)
@@ -166,6 +202,7 @@ def main() -> None:
         stream = [r for r in rows if r["mode"] == "streaming"]
         if abs(stream[0]["total_l2"]) == 0 or any(r["total_l2"] <= 0 for r in rows):
             raise SystemExit("unexpected zero difference between distinct checkpoints")
+        write_summary(rows, chunk, args)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

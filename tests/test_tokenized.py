@@ -111,6 +111,26 @@ def test_padding_free_config_is_accepted_by_trl(tmp_path, tiny_tokenizer, tiny_m
     assert int((batch["position_ids"] == 0).sum()) == 4  # four sequences, each from position 0
 
 
+def test_padding_free_batch_has_the_loss_of_the_padded_batch(tmp_path, tiny_tokenizer, tiny_model_dir):
+    """The same rows, one concatenated row with per-sequence positions vs padded rows: sequences stay separate
+    (no attention across them) and the same tokens enter the loss, so the loss agrees to float precision."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from cft_utils.models import load_model
+
+    records = _records(6)
+    records[2]["completion"][0]["content"] = "a much longer answer: " + "plum, pear, apple, " * 4  # uneven lengths
+    args, h = _args(tmp_path)
+    rows = list(prepare(records, tiny_tokenizer, args, h.max_length, cache=False).dataset)
+    model = load_model(tiny_model_dir()).eval()
+    pad = tiny_tokenizer.pad_token_id if tiny_tokenizer.pad_token_id is not None else 0
+    with torch.no_grad():
+        padded = model(**DataCollatorForLanguageModeling(pad_token_id=pad)(rows)).loss
+        free = model(**DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)(rows), use_cache=False).loss
+    assert torch.isfinite(padded) and abs(float(free) - float(padded)) < 1e-5
+
+
 # --------------------------------------------------------------------------------------------- slow
 
 
