@@ -257,7 +257,16 @@ class CounterpartSpec(_Strict):
 class GenerationSpec(_Strict):
     """How the Phase 1 model answers the replay prompts (greedy decoding)."""
 
-    backend: Literal["hf", "vllm"] = Field(default="hf", description="'hf' in-process; 'vllm' for GPU runs.")
+    backend: Literal["hf", "vllm", "openai-server"] = Field(
+        default="hf", description="'hf' in-process; 'vllm' (vLLM in this process: its own environment); "
+        "'openai-server': an OpenAI-compatible server already serving the Phase 1 model (`vllm serve <model folder>`)"
+        " at base_url.")
+    base_url: str | None = Field(
+        default=None, description="openai-server: the server's /v1 address, e.g. http://127.0.0.1:8000/v1 "
+        "(default $CFT_GENERATION_BASE_URL).")
+    served_model: str | None = Field(
+        default=None, description="openai-server: the model name the server serves (default: the Phase 1 model's "
+        "folder, which is what `vllm serve <folder>` registers); checked against the server's /v1/models.")
     max_new_tokens: Annotated[int, Field(gt=0)] = 256
     batch_size: Annotated[int, Field(gt=0)] = 32
     keep_truncated: bool = Field(default=False, description="Keep answers that hit max_new_tokens without EOS "
@@ -348,7 +357,11 @@ class BenchmarkSpec(_Strict):
 class EvaluationSpec(_Strict):
     """Task-ability and language-ability evaluation on lm-eval (cft_utils.evaluate), zero-shot."""
 
-    backend: Literal["hf", "vllm"] = Field(default="hf", description="lm-eval model backend.")
+    backend: Literal["hf", "vllm", "openai-server"] = Field(
+        default="hf", description="lm-eval model backend: 'hf', 'vllm' (in this process), or 'openai-server' "
+        "(lm-eval's local-chat-completions against `vllm serve <checkpoint>` at base_url; generation tasks only).")
+    base_url: str | None = Field(
+        default=None, description="openai-server: the server's /v1 address (default $CFT_EVAL_BASE_URL).")
     parallelize: bool = Field(default=False, description="hf backend: shard the model over the GPUs (device_map).")
     tensor_parallel_size: Annotated[int, Field(gt=0)] = Field(default=1, description="vllm backend.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -428,3 +428,36 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: in
     finally:
         tokenizer.padding_side = side
     return out  # type: ignore[return-value]
+
+
+def generate_openai(base_url: str, model: str, prompts: Sequence[list[dict]], max_new_tokens: int, *,
+                    tokenizer=None, seed: int = 0, api_key: str | None = None, workers: int = 8) -> list[Generation]:
+    """Greedy answers from an OpenAI-compatible server (``vllm serve <model folder>``; the ``openai`` client).
+
+    The server must serve ``model`` (checked against ``/v1/models``, so a server left running with another
+    checkpoint is refused). With the model's ``tokenizer``, system prompts are fitted to its template
+    (:func:`fit_messages`) and its stop tokens are sent as vLLM's ``stop_token_ids``. ``finish_reason == "length"``
+    means truncated. Requests run ``workers`` at a time (the server batches them); results keep the input order.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("CFT_GENERATION_API_KEY") or "no-key")
+    served = [m.id for m in client.models.list().data]
+    if model not in served:
+        raise ValueError(f"the server at {base_url} serves {served}, not {model!r}: start it with "
+                         f"`vllm serve {model}` (or set served_model to the name it serves)")
+    system_ok = supports_system_role(tokenizer) if tokenizer is not None else True
+    extra = {"stop_token_ids": stop_token_ids(tokenizer)} if tokenizer is not None else None
+
+    def one(messages: list[dict]) -> Generation:
+        msgs = fit_messages(tokenizer, list(messages), system_ok) if tokenizer is not None else list(messages)
+        r = client.chat.completions.create(model=model, messages=msgs, temperature=0.0, max_tokens=max_new_tokens,
+                                           seed=seed, extra_body=extra)
+        choice = r.choices[0]
+        return Generation((choice.message.content or "").strip(), choice.finish_reason != "length")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, prompts))

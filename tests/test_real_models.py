@@ -407,3 +407,92 @@ def test_lora_targets_that_match_nothing_are_an_error_naming_the_modules(tmp_pat
     assert check_lora_targets(phi3, ["qkv_proj", "o_proj"]) == {"qkv_proj": 3, "o_proj": 3}
     llama = load_model(family_dirs("llama3"))
     assert check_lora_targets(llama, ["q_proj", "k_proj", "v_proj"]) == {"q_proj": 2, "k_proj": 2, "v_proj": 2}
+
+
+# ------------------------------------------------------------------ engines: an OpenAI-compatible server
+
+
+@pytest.fixture()
+def stand_in_server():
+    """A tiny stand-in for `vllm serve <model>` on 127.0.0.1: /v1/models and /v1/chat/completions (the answer is
+    "echo: <last user message>", cut at the request's stop strings; max_tokens < 3 ends with finish_reason "length"). Records the requests."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"model": "served-model", "requests": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            self._send({"object": "list", "data": [{"id": state["model"], "object": "model", "created": 0,
+                                                    "owned_by": "test"}]})
+
+        def do_POST(self):  # noqa: N802
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"].append(req)
+            user = [m["content"] for m in req["messages"] if m["role"] == "user"][-1]
+            short = (req.get("max_tokens") or 99) < 3
+            text = f"echo: {user}"
+            for stop in req.get("stop") or []:  # stop strings end the answer, as vLLM does
+                text = text.split(stop)[0]
+            self._send({"id": "c", "object": "chat.completion", "created": 0, "model": req["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                     "finish_reason": "length" if short else "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield state
+    server.shutdown()
+
+
+def test_replay_generation_through_an_openai_compatible_server(stand_in_server, family_dirs):
+    from cft_utils.models import generate_openai, load_tokenizer, stop_token_ids
+
+    tok = load_tokenizer(family_dirs("mistral", "instruct"))  # no system role: the prompt is fitted client-side
+    prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"}] for i in range(5)]
+    out = generate_openai(stand_in_server["base_url"], "served-model", prompts, 16, tokenizer=tok)
+    assert [g.text for g in out] == [f"echo: Be brief.\n\nq{i}" for i in range(5)] and all(g.finished for g in out)
+    req = stand_in_server["requests"][0]
+    assert req["temperature"] == 0.0 and req["stop_token_ids"] == stop_token_ids(tok)
+    assert all(m["role"] != "system" for r in stand_in_server["requests"] for m in r["messages"])
+    assert not generate_openai(stand_in_server["base_url"], "served-model", prompts[:1], 2)[0].finished
+    with pytest.raises(ValueError, match=r"serves \['served-model'\], not 'other'"):
+        generate_openai(stand_in_server["base_url"], "other", prompts, 16)
+
+
+def test_lm_eval_local_chat_completions_against_the_server(stand_in_server):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.api_models import JsonChatStr
+
+    from cft_utils.evaluation.runner import make_lm
+
+    cfg = load_config("smoke", {"evaluation.backend": "openai-server",
+                                "evaluation.base_url": stand_in_server["base_url"]})
+    lm = make_lm(cfg, "served-model", batch_size=1)
+    chat = JsonChatStr(json.dumps([{"role": "user", "content": "Context: x\n\nQuestion: y"}]))
+    req = Instance(request_type="generate_until", doc={}, idx=0, arguments=(chat, {"until": ["\n"], "max_gen_toks": 8}))
+    assert lm.generate_until([req]) == ["echo: Context: x"]  # the task's stop string goes to the server
+    assert stand_in_server["requests"][-1]["model"] == "served-model"
+    assert "\n" in stand_in_server["requests"][-1]["stop"]
+
+
+def test_paper_profile_generates_with_a_backend_this_environment_has():
+    cfg = load_config("paper")
+    assert cfg.mitigation.replay.generation.backend == "hf" and cfg.evaluation.backend == "hf"
+
+
+def test_fsdp_config_saves_a_full_safetensors_state_dict():
+    fsdp = yaml.safe_load((PROJECT_ROOT / "configs/accelerate/fsdp.yaml").read_text())["fsdp_config"]
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT" and fsdp["fsdp_use_orig_params"] is True

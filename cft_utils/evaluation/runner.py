@@ -324,10 +324,21 @@ def _valid_cache(path: Path, settings: dict) -> dict | None:
 
 
 def make_lm(cfg: ExperimentConfig, model_path: str | Path, batch_size: int):
-    """The lm-eval model for one checkpoint: ``hf`` (in-process, or ``parallelize`` over GPUs) or ``vllm``."""
+    """The lm-eval model for one checkpoint: ``hf`` (in-process, or ``parallelize`` over GPUs), ``vllm``, or
+    ``openai-server`` (an OpenAI-compatible server serving the checkpoint under its folder's name: generation tasks
+    only, since chat completions return no log-likelihoods)."""
     import torch
 
     ev = cfg.evaluation
+    if ev.backend == "openai-server":  # `vllm serve <checkpoint>` at base_url: lm-eval's local-chat-completions
+        from lm_eval.models.openai_completions import LocalChatCompletion
+
+        base_url = ev.base_url or os.environ.get("CFT_EVAL_BASE_URL")
+        if not base_url:
+            raise ConfigError(f"{cfg.source_file}: evaluation.backend 'openai-server' needs evaluation.base_url "
+                              "(or $CFT_EVAL_BASE_URL), e.g. http://127.0.0.1:8000/v1")
+        return LocalChatCompletion(model=str(model_path), base_url=base_url.rstrip("/") + "/chat/completions",
+                                   tokenizer_backend=None, tokenized_requests=False, seed=ev.seed)
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[resolve_precision(ev.precision)]
     if ev.backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM

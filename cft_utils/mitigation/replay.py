@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +53,9 @@ from pydantic import Field, field_validator
 from .. import models
 from ..config import CounterpartSpec, ExperimentConfig, GenerationSpec
 from ..data.loaders import dataset_fingerprint, load_records
+from ..integrity import is_complete, mark_complete
 from ..io import read_json, write_json
+from ..locks import exclusive
 from ..models import Generation
 from ..paths import cft_home
 from ..plan import model_spec
@@ -231,6 +234,7 @@ def _save(records: list[dict], prov: dict, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     Dataset.from_list(records).save_to_disk(str(tmp))
     write_json(tmp / "provenance.json", prov)
+    mark_complete(tmp, content_id=prov.get("content_id"))  # sizes and hashes, verified on reuse
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
@@ -268,8 +272,17 @@ def build_replay_set(cfg: ExperimentConfig, run: RunPlan, kind: str, percent: fl
         identity |= {"model_run": parent.run_id, "generation": params["generation"]}
     cid = content_id(identity, f"{kind.lower()}")
     out = replay_dir(cid)
-    if (out / "provenance.json").exists():
+    if is_complete(out, what=f"replay set {cid}"):
         return load_replay_set(out)
+    # One writer per replay set: a second process waits, then reads what the first one built.
+    with exclusive(out, what=f"replay set {cid} ({run.name})"):
+        if is_complete(out, what=f"replay set {cid}"):
+            return load_replay_set(out)
+        return _build_replay_set(cfg, run, kind, percent, progress, identity, cid, out, pool, phase2, n, gen, seed)
+
+
+def _build_replay_set(cfg, run, kind, percent, progress, identity, cid, out, pool, phase2, n, gen, seed):
+    parent = run.parent
     ordered = seeded_order(pool, seed)
     t0 = time.time()
     name = f"replay_{kind.lower()}_{run.data_key}"
@@ -292,6 +305,15 @@ def build_replay_set(cfg: ExperimentConfig, run: RunPlan, kind: str, percent: fl
 
 def _generator(cfg: ExperimentConfig, parent: RunPlan, gen: GenerationSpec, seed: int, progress: bool):
     mspec = model_spec(cfg, parent.model)
+    if gen.backend == "openai-server":  # `vllm serve <Phase 1 model folder>` running at base_url
+        base_url = gen.base_url or os.environ.get("CFT_GENERATION_BASE_URL")
+        if not base_url:
+            raise ReplayError("generation backend 'openai-server' needs mitigation.replay.generation.base_url "
+                              "(or $CFT_GENERATION_BASE_URL), e.g. http://127.0.0.1:8000/v1")
+        tok = models.load_tokenizer(parent.model_dir, trust_remote_code=mspec.trust_remote_code)
+        served = gen.served_model or str(parent.model_dir)
+        return lambda prompts: models.generate_openai(base_url, served, prompts, gen.max_new_tokens, tokenizer=tok,
+                                                      seed=seed)
     if gen.backend == "vllm":
         return lambda prompts: vllm_generate(parent.model_dir, prompts, gen.max_new_tokens, seed,
                                              mspec.trust_remote_code)
