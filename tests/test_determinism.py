@@ -16,7 +16,9 @@ from cft_utils.plan import plan_runs
 
 def _grid(home, monkeypatch):
     monkeypatch.setenv("CFT_HOME", str(home))
-    cfg = load_config("smoke", {"seeds": [7, 8], "mitigation": None})
+    cfg = load_config("smoke", {"seeds": [7, 8], "mitigation": None, "grid.phase1": ["alpaca"],
+                                "grid.phase2": [{"phase1": "alpaca", "data": "multialpaca"},
+                                                {"phase1": "Instruct", "data": "multialpaca"}]})
     plan = plan_runs(cfg)
     executor.execute_runs(cfg, plan.all(), progress=False)
     tidy = evaluate_runs(cfg, plan_cells(cfg), progress=False)
@@ -30,7 +32,7 @@ def _grid(home, monkeypatch):
 def test_smoke_grid_twice_gives_identical_weights_scores_and_claims(tmp_path, monkeypatch):
     w1, t1, c1 = _grid(tmp_path / "a", monkeypatch)
     w2, t2, c2 = _grid(tmp_path / "b", monkeypatch)
-    assert w1 == w2 and len(w1) == 5  # 2 seeds x 2 Phase 1 sets + the Instruct model
+    assert w1 == w2 and len(w1) == 7  # 2 seeds x (1 Phase 1 set + 2 Phase 2 cells) + the Instruct model
     cols = ["model", "phase1_data", "phase2_data", "checkpoint", "seed", "benchmark", "language", "metric", "value"]
     assert t1[cols].equals(t2[cols])
     assert len(c1) and c1.equals(c2)
