@@ -496,3 +496,26 @@ def test_paper_profile_generates_with_a_backend_this_environment_has():
 def test_fsdp_config_saves_a_full_safetensors_state_dict():
     fsdp = yaml.safe_load((PROJECT_ROOT / "configs/accelerate/fsdp.yaml").read_text())["fsdp_config"]
     assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT" and fsdp["fsdp_use_orig_params"] is True
+
+
+@pytest.mark.slow
+def test_layer_freezing_under_fsdp_on_cpu(tmp_path):
+    """torch FSDP 1 (use_orig_params) on 2 gloo CPU processes: frozen q/k/v stay bit-identical, the rest trains, and
+    the full state dict gathers every tensor (the worker: tests/fsdp_freeze_worker.py)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "verdict.json"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(Path(__file__).parent / "fsdp_freeze_worker.py"),
+                           str(out)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    verdict = json.loads(out.read_text())
+    assert verdict["frozen_bit_identical"] and verdict["full_keys"] and verdict["n_changed"] > 0
+    assert len(verdict["frozen"]) == 3
