@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cft_utils.analysis.claims import COLUMNS, ability_claims, ordering_claim, verdict_summary
 
@@ -72,3 +73,21 @@ def test_ordering_claims_use_per_seed_differences():
     assert row["verdict"] == "inconclusive"
     row = ordering_claim(4, "drift", "x", [1.0], [2.0])
     assert row["verdict"] == "inconclusive" and row["n_seeds"] == 1  # one seed: no interval
+
+
+def test_des_mpd_and_drift_claims():
+    from cft_utils.analysis.claims import des_claims, drift_claims, mpd_claims
+
+    des = pd.DataFrame([{"a": "alpaca", "b": "multialpaca", "des": 0.95, "ci_lo": 0.93, "ci_hi": 0.97},
+                        {"a": "alpaca", "b": "mopenorca", "des": 0.5, "ci_lo": 0.45, "ci_hi": 0.55}])
+    rows = des_claims(des, [(("alpaca", "multialpaca"), ("alpaca", "mopenorca"))])
+    assert rows.iloc[0].verdict == "holds" and rows.iloc[0].ci_low == pytest.approx(0.93 - 0.55)
+    orderings = pd.DataFrame([{"model": "m", "seed": s, "closer_pair": "a–x", "farther_pair": "I–x",
+                               "closer": c, "farther": f} for s, c, f in ((1, 1.0, 2.0), (2, 1.1, 2.1), (3, 0.9, 1.8))])
+    assert mpd_claims(orderings).iloc[0].verdict == "holds"
+    summary = pd.DataFrame([{"model": "m", "seed": s, "pair": p, "mean_spectral": v, "mean_frobenius": v,
+                             "mean_one_minus_cka": v, "separation": v}
+                            for s, sim, dis in ((1, 1.0, 3.0), (2, 1.2, 2.9), (3, 0.8, 3.2))
+                            for p, v in (("similar", sim), ("dissimilar", dis))])
+    d = drift_claims(summary)
+    assert len(d) == 4 and set(d.verdict) == {"holds"} and set(d.n_seeds) == {3}

@@ -134,23 +134,67 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     return Interval(float(v.mean()), float(v.mean() - half), float(v.mean() + half), int(v.size), 0, level)
 
 
-def ordering_claim(claim: int, cell: str, measure: str, closer: Sequence[float], farther: Sequence[float],
+def ordering_claim(claim: int, cell: str, measure: str, smaller: Sequence[float], larger: Sequence[float],
                    n_items: int = 0) -> dict:
-    """Claims 3-4 from per-seed (or per-replicate) values: farther − closer must be positive."""
-    diffs = [f - c for c, f in zip(closer, farther, strict=True)]
+    """Claims 3-4 from per-seed values that the claim expects in this order: ``larger`` − ``smaller`` > 0, with a t
+    interval over seeds (no interval with one seed: inconclusive)."""
+    diffs = [lg - sm for sm, lg in zip(smaller, larger, strict=True)]
     iv = seed_interval(diffs)
     iv = Interval(iv.estimate, iv.low, iv.high, iv.n_seeds, n_items, iv.level)
     return _row(claim, cell, measure, iv, verdict_change(iv, "increase"))
 
 
-def bootstrap_ordering_claim(claim: int, cell: str, measure: str, closer: np.ndarray, farther: np.ndarray,
-                             n_items: int) -> dict:
-    """Claims 3-4 from bootstrap replicates (paired: the same resampling for both): farther − closer > 0."""
-    d = np.asarray(farther, dtype=float) - np.asarray(closer, dtype=float)
-    est = float(np.median(d))
-    lo, hi = np.quantile(d, [0.025, 0.975])
-    iv = Interval(est, float(lo), float(hi), 1, n_items)
-    return _row(claim, cell, measure, iv, verdict_change(iv, "increase"))
+def des_claims(des: pd.DataFrame, comparisons, n_items: int = 0) -> pd.DataFrame:
+    """Claim 3 (DES): the similar pair's DES above the dissimilar pair's, per expected ordering. The datasets are
+    fixed (no seeds): the uncertainty is the sample of records, whose bootstrap interval each pair has; the interval of
+    the difference is the conservative [lo_closer − hi_farther, hi_closer − lo_farther]."""
+    from .des_study import pair_row
+
+    rows = []
+    for closer, farther in comparisons:
+        rc, rf = pair_row(des, closer), pair_row(des, farther)
+        if rc is None or rf is None:
+            continue
+        est = float(rc["des"]) - float(rf["des"])
+        iv = Interval(est, float(rc["ci_lo"]) - float(rf["ci_hi"]), float(rc["ci_hi"]) - float(rf["ci_lo"]), 1,
+                      n_items)
+        rows.append(_row(3, f"DES: {'–'.join(closer)} vs {'–'.join(farther)}",
+                         "DES(similar pair) − DES(dissimilar pair)", iv, verdict_change(iv, "increase")))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def mpd_claims(orderings: pd.DataFrame) -> pd.DataFrame:
+    """Claim 3 (MPD): the dissimilar pair's MPD above the similar pair's (lower MPD = closer), per model and expected
+    ordering, with a t interval over training seeds (``cft_utils.analysis.mpd_study.mpd_orderings``)."""
+    rows = []
+    if orderings.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    for (model, closer, farther), g in orderings.groupby(["model", "closer_pair", "farther_pair"], sort=False):
+        rows.append(ordering_claim(3, f"MPD {model}: {closer} vs {farther}", "MPD(dissimilar) − MPD(similar)",
+                                   list(g["closer"]), list(g["farther"])))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def drift_claims(summary: pd.DataFrame, measures=("mean_spectral", "mean_frobenius", "mean_one_minus_cka",
+                                                  "separation")) -> pd.DataFrame:
+    """Claim 4: per model and geometry measure, the dissimilar pair's drift (P2 vs P1) above the similar pair's, with
+    a t interval over training seeds (``summary``: one row per model, seed and pair)."""
+    rows = []
+    if summary.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    keys = ["model", "seed"] if "seed" in summary.columns else ["model"]
+    for model, g in summary.groupby("model", sort=False):
+        wide = g.pivot_table(index=keys[1:] or None, columns="pair", values=list(measures), aggfunc="mean") \
+            if len(keys) > 1 else None
+        for m in measures:
+            if wide is not None:
+                sim, dis = wide[(m, "similar")], wide[(m, "dissimilar")]
+            else:
+                sim = g.loc[g["pair"] == "similar", m]
+                dis = g.loc[g["pair"] == "dissimilar", m]
+            rows.append(ordering_claim(4, f"{model}: Instruct vs Alpaca before MultiAlpaca", f"{m} (dissimilar − "
+                                       "similar)", list(sim), list(dis)))
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def verdict_summary(claims: pd.DataFrame) -> pd.DataFrame:
