@@ -165,6 +165,7 @@ BAD = [
 ]
 
 
+@pytest.mark.bad_input()  # each case is a row of docs/bad_inputs.md
 @pytest.mark.parametrize("case_id,edit,needles", BAD, ids=[b[0] for b in BAD])
 def test_bad_parameter_file_names_file_and_key(tmp_path, case_id, edit, needles):
     raw = copy.deepcopy(VALID)
@@ -211,6 +212,7 @@ def test_mopenorca_may_be_missing_at_config_time(tmp_path):
     ("- just\n- a list\n", "expected a mapping at the top level, got list"),
     ("", "expected a mapping at the top level, got NoneType"),
 ], ids=["invalid-yaml", "list-top-level", "empty-file"])
+@pytest.mark.bad_input("parameter-file")
 def test_unparseable_parameter_file(tmp_path, content, needle):
     f = tmp_path / "bad.yaml"
     f.write_text(content)
@@ -219,6 +221,7 @@ def test_unparseable_parameter_file(tmp_path, content, needle):
     assert str(f) in str(e.value) and needle in str(e.value)
 
 
+@pytest.mark.bad_input("parameter-file-missing")
 def test_missing_parameter_file_lists_the_profiles(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config("no_such_profile")
@@ -228,6 +231,7 @@ def test_missing_parameter_file_lists_the_profiles(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
+@pytest.mark.bad_input("parameter-file-several-errors")
 def test_all_errors_of_a_file_are_reported_at_once(tmp_path):
     raw = copy.deepcopy(VALID)
     raw["training"]["epochs"] = -1

@@ -159,6 +159,7 @@ def test_relative_path_is_resolved_from_the_parameter_file(tmp_path):
     assert len(load(tmp_path, source="jsonl", path="./d/c.jsonl")) == 2
 
 
+@pytest.mark.bad_input("relative-path-without-dot-slash")
 def test_relative_path_without_dot_slash_is_read_locally_not_from_the_hub(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "c.jsonl").write_text((FIXTURES / "common_sample.jsonl").read_text())
@@ -193,7 +194,8 @@ def test_json_file_holding_one_object_per_line_is_read_as_jsonl(tmp_path):
     assert [user_text(r) for r in load(tmp_path, source="alpaca", path=str(p))] == ["Say hi.", "Say bye."]
 
 
-@pytest.mark.parametrize("name", ["c.jsonl", "a.csv"])
+@pytest.mark.bad_input("non-utf8")
+@pytest.mark.parametrize("name", ["c.jsonl", "a.csv"], ids=["jsonl", "csv"])
 def test_non_utf8_file_is_a_data_error_naming_the_file(tmp_path, name):
     p = tmp_path / name
     good = _jsonl(_common(0)) if name.endswith("jsonl") else "instruction,input,output\nhi,,there\n"
@@ -306,6 +308,7 @@ BAD_DATA = [
 ]
 
 
+@pytest.mark.bad_input()  # each case is a row of docs/bad_inputs.md
 @pytest.mark.parametrize("case_id,name,text,spec,needles", BAD_DATA, ids=[b[0] for b in BAD_DATA])
 def test_malformed_data_names_file_and_record(tmp_path, case_id, name, text, spec, needles):
     p = _write(tmp_path, name, text)
@@ -318,6 +321,7 @@ def test_malformed_data_names_file_and_record(tmp_path, case_id, name, text, spe
         assert n in msg, f"{n!r} not in error message:\n{msg}"
 
 
+@pytest.mark.bad_input("duplicate-record-id")
 def test_duplicate_ids_are_rejected(tmp_path):
     p = _write(tmp_path, "o.jsonl", _jsonl(ok_orca, {**ok_orca, "question": "Other?"}))
     cfg = make_cfg(tmp_path, {"orca": {"source": "openorca", "path": str(p)}})
@@ -326,6 +330,7 @@ def test_duplicate_ids_are_rejected(tmp_path):
     assert cfg.source_file in str(e.value) and "'orca'" in str(e.value) and "duplicate record id 'o1'" in str(e.value)
 
 
+@pytest.mark.bad_input("dataset-empty-after-language-filter")
 def test_empty_after_language_filter(tmp_path):
     cfg = make_cfg(tmp_path, {"c": {"source": "jsonl", "path": str(FIXTURES / "common_sample.jsonl"),
                                     "languages": ["sw"]}})
@@ -333,12 +338,14 @@ def test_empty_after_language_filter(tmp_path):
         load_records(cfg, "c")
 
 
+@pytest.mark.bad_input("dataset-key-unknown")
 def test_unknown_dataset_key(tmp_path):
     cfg = make_cfg(tmp_path, {"c": {"source": "jsonl", "path": str(FIXTURES / "common_sample.jsonl")}})
     with pytest.raises(KeyError, match="no dataset 'nope'"):
         load_records(cfg, "nope")
 
 
+@pytest.mark.bad_input("mopenorca-not-built")
 def test_unbuilt_mopenorca_is_a_clear_error_not_a_hub_lookup(tmp_path):
     cfg = make_cfg(tmp_path, {"mo": {"source": "mopenorca", "path": "./not_built"}})
     with pytest.raises(DataError) as e:

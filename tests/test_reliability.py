@@ -44,6 +44,7 @@ def _cfg(tmp_path: Path, datasets: dict, **extra) -> object:
 # --------------------------------------------------------------------------------------------- 1. run identity
 
 
+@pytest.mark.bad_input("dataset-edited-in-place")
 def test_a_dataset_file_edited_in_place_gets_new_run_ids(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_HOME", str(tmp_path / "home"))
     data = tmp_path / "p1.jsonl"
@@ -126,6 +127,7 @@ def test_a_deleted_or_truncated_summary_makes_a_finished_run_not_done(tmp_path):
         assert not is_done(rdir)
 
 
+@pytest.mark.bad_input("run-file-changed-same-size")
 def test_changed_content_of_the_same_size_is_found_and_a_touched_file_is_not(tmp_path):
     rdir = _fake_run(tmp_path / "p1-abc")
     mark_done(rdir, "p1-abc")
@@ -137,6 +139,7 @@ def test_changed_content_of_the_same_size_is_found_and_a_touched_file_is_not(tmp
         assert not is_done(rdir)
 
 
+@pytest.mark.bad_input("run-old-marker-truncated-model")
 def test_markers_from_before_manifests_get_a_structural_check(tmp_path):
     rdir = _fake_run(tmp_path / "p1-old")
     (rdir / "DONE").write_text(json.dumps({"run_id": "p1-old"}))
@@ -286,6 +289,7 @@ def test_a_hub_id_offline_names_the_id_and_the_setting(tmp_path, monkeypatch):
         load_tokenizer("org/not-cached")
 
 
+@pytest.mark.bad_input("training-from-an-encoder")
 def test_training_from_an_encoder_fails_before_anything_is_loaded(tmp_path, monkeypatch, bert_dir):
     import cft_utils.train as train
 
@@ -345,15 +349,14 @@ def test_a_metric_the_task_does_not_produce_is_refused_before_evaluation(tmp_pat
         runner.check_metrics(c, jobs, runner.make_task_manager(c, [j.task for j in jobs]))
 
 
+@pytest.mark.bad_input()
 @pytest.mark.parametrize("key,value,needle", [
-    pytest.param("datasets.alpaca.languages", ["en", "xx"], "datasets.alpaca.languages", id="dataset-language-xx",
-                 marks=pytest.mark.bad_input("dataset-language-unknown")),
-    pytest.param("datasets.alpaca.languages", ["EN"], "datasets.alpaca.languages", id="dataset-language-upper",
-                 marks=pytest.mark.bad_input("dataset-language-upper-case")),
+    pytest.param("datasets.alpaca.languages", ["en", "xx"], "datasets.alpaca.languages", id="dataset-language-unknown"),
+    pytest.param("datasets.alpaca.languages", ["EN"], "datasets.alpaca.languages", id="dataset-language-upper-case"),
     pytest.param("evaluation.benchmarks.MLQA.tasks", {"klingon": "sb_mlqa_qaa"}, "evaluation.benchmarks.MLQA",
-                 id="benchmark-language-klingon", marks=pytest.mark.bad_input("benchmark-language-unknown")),
+                 id="benchmark-language-unknown"),
     pytest.param("evaluation.benchmarks.MLQA.tasks", {"qab": "sb_mlqa_qaa"}, "'qab' is a sandbox language",
-                 id="benchmark-language-undeclared", marks=pytest.mark.bad_input("benchmark-language-not-in-sandbox")),
+                 id="benchmark-language-not-in-sandbox"),
 ])
 def test_unknown_language_codes_are_refused_with_the_key(key, value, needle):
     from cft_utils.config import ConfigError
@@ -371,6 +374,7 @@ def test_xlsum_language_names_stay_accepted_as_benchmark_keys():
 # --------------------------------------------------------------------------------------------- 1. evaluation caches
 
 
+@pytest.mark.bad_input("evaluation-cache-damaged")
 def test_an_evaluation_cache_whose_samples_were_truncated_is_recomputed(tmp_path):
     from cft_utils.evaluation import runner
 
@@ -393,8 +397,7 @@ def test_an_evaluation_cache_whose_samples_were_truncated_is_recomputed(tmp_path
 
 
 @pytest.mark.bad_input("record-prompt-over-max-length")
-@pytest.mark.parametrize("cache", [False, True], ids=["in-memory", "cached"])
-def test_records_over_max_length_are_counted_per_language_and_not_as_trained(tmp_path, tiny_tokenizer, cache):
+def test_records_over_max_length_are_counted_per_language_and_not_as_trained(tmp_path, tiny_tokenizer):
     from cft_utils.config import TrainingSpec
     from cft_utils.tokenized import prepare
     from cft_utils.train import sft_config
@@ -407,18 +410,15 @@ def test_records_over_max_length_are_counted_per_language_and_not_as_trained(tmp
     records = [rec(0, "en"), rec(1, "qaa", prompt_words=200), rec(2, "qaa"), rec(3, "qac", answer="pear " * 200),
                rec(4, "qac"), rec(5, "qac")]
     h = TrainingSpec(global_batch_size=2, per_device_batch_size=2, gradient_accumulation_steps=1, max_length=64)
-    data = prepare(records, tiny_tokenizer, sft_config(h, tmp_path / "c", seed=0, prepared=True), h.max_length,
-                   cache=cache, root=tmp_path / "cache")
-    if cache:  # the counts come back from the cache too
-        data = prepare(records, tiny_tokenizer, sft_config(h, tmp_path / "c", seed=0, prepared=True), h.max_length,
-                       cache=True, root=tmp_path / "cache")
-        assert data.cache_hit
-    assert data.n_kept == len(data.dataset) == 4
-    s = data.summary()
-    assert s["records_by_language"] == {
-        "en": {"given": 1, "trained": 1, "dropped_over_length": 0, "dropped_no_loss": 0},
-        "qaa": {"given": 2, "trained": 1, "dropped_over_length": 1, "dropped_no_loss": 0},
-        "qac": {"given": 3, "trained": 2, "dropped_over_length": 1, "dropped_no_loss": 0}}
+    args = sft_config(h, tmp_path / "c", seed=0, prepared=True)
+    for cache in (False, True, True):  # in memory, written to the cache, read back from it
+        data = prepare(records, tiny_tokenizer, args, h.max_length, cache=cache, root=tmp_path / "cache")
+        assert data.n_kept == len(data.dataset) == 4
+        assert data.summary()["records_by_language"] == {
+            "en": {"given": 1, "trained": 1, "dropped_over_length": 0, "dropped_no_loss": 0},
+            "qaa": {"given": 2, "trained": 1, "dropped_over_length": 1, "dropped_no_loss": 0},
+            "qac": {"given": 3, "trained": 2, "dropped_over_length": 1, "dropped_no_loss": 0}}
+    assert data.cache_hit
 
 
 # --------------------------------------------------------------------------------------------- 2. executor
@@ -439,3 +439,48 @@ def test_the_executor_never_gives_one_run_id_to_two_workers(tmp_path, monkeypatc
     assert [t.run_id for t in tasks].count(p1.run_id) == 1
     assert [t.run_id for t in tasks].count(child.run_id) == 1
     assert next(t for t in tasks if t.run_id == child.run_id).deps == (p1.name,)
+
+
+# --------------------------------------------------------------------------------------------- 4. --set, hub ids offline
+
+
+@pytest.mark.bad_input()
+@pytest.mark.parametrize("override,needle", [
+    pytest.param({"grid.phase1.5": "x"}, "override 'grid.phase1.5': grid.phase1 is a list of 2 item(s); '5' is not "
+                 "an index into it", id="set-list-index-out-of-range"),
+    pytest.param({"grid.models.a": 1}, "grid.models is a list of 1 item(s); 'a' is not an index into it",
+                 id="set-list-index-by-name"),
+    pytest.param({"training.epochs.x": 1}, "override 'training.epochs.x': training.epochs is a value (1), not a "
+                 "section, so it has no key 'x'", id="set-into-a-scalar"),
+])
+def test_set_into_a_list_or_a_scalar_names_the_key(override, needle):
+    from cft_utils.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", override)
+    assert "smoke.yaml" in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.bad_input("set-without-equals")
+def test_set_without_a_value_is_a_usage_error(capsys):
+    from cft_utils.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--params", "smoke", "--set", "training.epochs", "--list"])
+    assert e.value.code == 2 and "--set expects KEY=VALUE, got 'training.epochs'" in capsys.readouterr().err
+
+
+@pytest.mark.bad_input("dataset-hub-id-offline")
+def test_a_hub_dataset_offline_names_the_file_the_key_and_the_id(tmp_path, monkeypatch):
+    from cft_utils.data.loaders import load_records
+    from cft_utils.data.schema import DataError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: (_ for _ in ()).throw(OSError("network in a test")))
+    cfg = _cfg(tmp_path, {"a": {"source": "alpaca", "path": "org/not-cached"},
+                          "b": {"source": "jsonl", "path": str(FIXTURES / "common_sample.jsonl")}})
+    with pytest.raises(DataError) as e:
+        load_records(cfg, "a")
+    msg = str(e.value)
+    assert str(tmp_path / "p.yaml") in msg and "datasets.a.path" in msg and "'org/not-cached'" in msg
+    assert "not available from the hub" in msg

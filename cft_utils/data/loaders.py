@@ -142,7 +142,12 @@ def load_records(cfg: ExperimentConfig, key: str) -> list[dict]:
     if spec.source == "sandbox":
         recs = load_sandbox(cfg, spec, key)
     else:  # mopenorca and jsonl are stored in the common schema
-        recs = LOADERS.get(spec.source, load_common)(spec, key, base)
+        try:
+            recs = LOADERS.get(spec.source, load_common)(spec, key, base)
+        except DataError as e:
+            if "hub" in str(e) and str(cfg.source_file) not in str(e):  # a hub id: name the setting too
+                raise DataError(f"{cfg.source_file}: datasets.{key}.path: {e}") from None
+            raise
     if spec.languages and spec.source != "multialpaca":
         recs = [r for r in recs if r["language"] in spec.languages]
     if not recs:

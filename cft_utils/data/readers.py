@@ -157,5 +157,10 @@ def hub_rows(path: str, revision: str | None, data_files=None) -> Iterator[tuple
     """Rows of the ``train`` split of hub dataset ``path`` (optionally only ``data_files`` of it)."""
     from datasets import load_dataset
 
-    ds = load_dataset(path, split="train", revision=revision, data_files=data_files)
+    try:
+        ds = load_dataset(path, split="train", revision=revision, data_files=data_files)
+    except (ConnectionError, OSError) as e:  # offline, unknown or gated: say which id, and what to do
+        raise DataError(f"{path!r}: not a local file or folder, and not available from the hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); offline, download it first or point the "
+                        f"dataset's path at a local copy") from None
     yield from enumerate(ds)
