@@ -48,6 +48,7 @@ from .models import (
     supports_system_role,
     use_threads,
 )
+from .outputs import in_notebook
 from .plan import model_spec, plan_runs, run_chat_template
 from .runs import RunPlan, last_complete_checkpoint, mark_done, provenance, run_lock
 from .sandbox.build import ensure_sandbox, sandbox_paths
@@ -287,6 +288,12 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
     resume = last_complete_checkpoint(rdir / "checkpoints")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data.dataset, processing_class=tok,
                          callbacks=[*(callbacks or []), _log_last_step_callback()], peft_config=peft_config)
+    if args.disable_tqdm and in_notebook():
+        # Without progress bars the Trainer prints every logged loss; in a notebook report that is noise (the
+        # losses are in train_log.jsonl and the status line says how the run went).
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

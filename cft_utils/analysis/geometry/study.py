@@ -49,21 +49,23 @@ class DriftPair:
         return f"DriftPair({self.model!r}, {self.pair!r}, {self.label!r})"
 
 
-def _find_phase2(plan, model: str, phase1: str, phase2: str):
+def _find_phase2(plan, model: str, phase1: str, phase2: str, seed: int | None = None):
     for r in plan.phase2:
-        if r.model == model and r.phase1_data == phase1 and r.phase2_data == phase2:
+        if r.model == model and r.phase1_data == phase1 and r.phase2_data == phase2 and seed in (None, r.seed):
             return r
     cells = sorted({f"{r.phase1_data}->{r.phase2_data}" for r in plan.phase2 if r.model == model})
     raise KeyError(f"the grid has no Phase 2 run {phase1}->{phase2} for model {model!r} (it has {cells})")
 
 
-def drift_pairs(cfg, plan, pairs: Mapping[str, tuple[str, str]] = DRIFT_PAIRS) -> list[DriftPair]:
-    """For each model of the grid and each named (Phase 1, Phase 2) pair: the runs to compare."""
+def drift_pairs(cfg, plan, pairs: Mapping[str, tuple[str, str]] = DRIFT_PAIRS, seed: int | None = None
+                ) -> list[DriftPair]:
+    """For each model of the grid and each named (Phase 1, Phase 2) pair: the runs to compare (of training seed
+    ``seed``; None: the first seed's, which the figures show)."""
     out = []
     for model in cfg.grid.models:
         base = base_model_source(cfg, model)
         for name, (p1, p2) in pairs.items():
-            run = _find_phase2(plan, model, p1, p2)
+            run = _find_phase2(plan, model, p1, p2, seed)
             out.append(DriftPair(model, name, base, run.parent, run))
     return out
 
@@ -259,6 +261,20 @@ def drift_verdict(summary: pd.DataFrame, similar: str = "similar", dissimilar: s
             sentence += f" Not computable: {', '.join(skipped)}."
         out.append(sentence)
     return out
+
+
+def seed_drift_summary(cfg, plan, prompts) -> pd.DataFrame:
+    """:func:`drift_summary` for every training seed (one row per model, seed and pair): the input of claim 4's
+    intervals over seeds (cft_utils.analysis.claims.drift_claims). Profiles are cached, so the first seed's cost
+    nothing more after the figures."""
+    parts = []
+    for seed in cfg.training_seeds:
+        pairs = drift_pairs(cfg, plan, seed=seed)
+        profiles = profile_models([src for pr in pairs for src in pr.sources().values()], prompts,
+                                  cache_root=geometry_cache(), **capture_settings(cfg))
+        _, separation = trajectory_frames(pairs, profiles, seed=cfg.analysis.geometry.seed)
+        parts.append(drift_summary(separation, drift_table(pairs, profiles)).assign(seed=seed))
+    return pd.concat(parts, ignore_index=True)
 
 
 def capture_settings(cfg) -> dict:
