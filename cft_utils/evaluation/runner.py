@@ -147,6 +147,10 @@ def _resolve(p: str) -> Path:
 
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
+    if path.is_dir():  # a data folder (MMLU's subject CSVs): every file's name and content
+        for f in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{_file_digest(f)}\n".encode())
+        return h.hexdigest()[:16]
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
