@@ -95,10 +95,24 @@ def default_workers(cfg: ExperimentConfig) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(threads: int, log_dir: str) -> None:
+def _init_worker(threads: int, log_dir: str, watch_parent: bool = True) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    # A worker must not outlive the process that started it (a killed notebook kernel or `make reproduce`):
+    # when its parent is gone it is re-parented, and it stops instead of finishing a run nobody waits for.
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    if watch_parent:
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _WORKER["log_dir"] = log_dir
 
@@ -317,7 +331,7 @@ def _run_local(cfg, todo: list[Task], by_name, workers: int, log_dir: str, progr
         return any(finished.get(d) in ("failed", "skipped") for d in t.deps)
 
     if workers == 1:  # in this process: no spawn cost, same code path
-        _init_worker(threads, log_dir)
+        _init_worker(threads, log_dir, watch_parent=False)
         for t in todo:
             if blocked(t):
                 st = {"name": t.name, "status": "skipped", "seconds": 0.0}
