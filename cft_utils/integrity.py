@@ -101,6 +101,30 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class PickleCheckpointError(ValueError):
+    """A model folder holds weights only in pickle form (loading a pickle can run arbitrary code)."""
+
+
+def refuse_pickle_only(folder: str | os.PathLike, what: str = "model") -> None:
+    """Raise :class:`PickleCheckpointError` when a local ``folder`` has pickle weights (``*.bin``, ``*.pt``, ...) and
+    no ``*.safetensors`` anywhere under it (sentence-transformers keep weights in sub-folders); a hub id or a folder
+    with safetensors passes. Loaders also pass ``use_safetensors=True``, so hub repositories are held to the same."""
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        return
+    files = [f for f in d.rglob("*") if f.is_file()]
+    if any(f.suffix == ".safetensors" for f in files):
+        return
+    pickles = sorted(f.relative_to(d).as_posix() for f in files if f.suffix in PICKLE_SUFFIXES
+                     and f.name != "training_args.bin")
+    if pickles:
+        raise PickleCheckpointError(f"{what} {d}: only pickle weights ({', '.join(pickles)}); refused, since loading "
+                                    f"a pickle can run arbitrary code. Convert them to safetensors first.")
+
+
 def _legacy_problem(root: Path) -> str | None:
     for f in _files(root, ("checkpoints",)):
         rel = f.relative_to(root).as_posix()

@@ -484,3 +484,49 @@ def test_a_hub_dataset_offline_names_the_file_the_key_and_the_id(tmp_path, monke
     msg = str(e.value)
     assert str(tmp_path / "p.yaml") in msg and "datasets.a.path" in msg and "'org/not-cached'" in msg
     assert "not available from the hub" in msg
+
+
+# --------------------------------------------------------------------------------------------- 7. pickle checkpoints
+
+
+@pytest.fixture
+def pickle_only_dir(tmp_path, tiny_model_dir):
+    """A causal-LM folder whose weights are only a pickle (pytorch_model.bin)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    src, d = tiny_model_dir(), tmp_path / "pickled"
+    d.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, d / f.name)
+    torch.save(load_file(str(src / "model.safetensors")), d / "pytorch_model.bin")
+    return d
+
+
+def test_every_loader_refuses_pickle_checkpoints(pickle_only_dir):
+    """The translator, the sentence encoder (and the encoder's base model), and everything that loads through
+    models.load_model (training, replay, evaluation, the judge, the sandbox probe, geometry capture)."""
+    import inspect
+
+    from cft_utils.analysis import encoders
+    from cft_utils.analysis.geometry import capture
+    from cft_utils.data.translation.translators import TransformersTranslator
+    from cft_utils.evaluation import judge
+    from cft_utils.integrity import PickleCheckpointError
+    from cft_utils.models import ModelSourceError
+    from cft_utils.sandbox import probe
+
+    with pytest.raises(PickleCheckpointError, match=r"translation model .*pytorch_model.bin.*refused"):
+        TransformersTranslator(pickle_only_dir)
+    with pytest.raises(PickleCheckpointError, match="sentence encoder"):
+        encoders.load_encoder(pickle_only_dir)
+    with pytest.raises(PickleCheckpointError, match="encoder base model"):
+        encoders.text_only_transformer(pickle_only_dir, 32)
+    with pytest.raises(ModelSourceError, match="only pickle weights"):
+        load_model(pickle_only_dir)
+    for module in (judge, probe, capture):  # these load causal LMs only through models.load_model
+        src = inspect.getsource(module)
+        assert "load_model(" in src and "from_pretrained(" not in src, module.__name__

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cft_utils.integrity import refuse_pickle_only
 from cft_utils.io import read_json, write_json
 from cft_utils.models import use_threads
 from cft_utils.sandbox.build import ensure_sandbox, sandbox_paths
@@ -49,7 +50,9 @@ def load_encoder(name_or_path: str | Path, device: str | None = None):
         if not path.is_dir():
             raise FileNotFoundError(f"encoder directory {path} does not exist")
         name_or_path = str(path)
-    return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=False)
+        refuse_pickle_only(path, "sentence encoder")
+    return SentenceTransformer(str(name_or_path), device=device, trust_remote_code=False,
+                               model_kwargs={"use_safetensors": True})
 
 
 def text_only_transformer(model_dir: str | Path, max_seq_length: int):
@@ -58,8 +61,10 @@ def text_only_transformer(model_dir: str | Path, max_seq_length: int):
 
     # A tokenizer with a chat template makes sentence-transformers wrap every text in it; an encoder
     # wants the bare text, so pin the module to the plain text modality.
+    refuse_pickle_only(model_dir, "encoder base model")
     return Transformer(
         str(model_dir),
+        model_kwargs={"use_safetensors": True},
         modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
         module_output_name="token_embeddings",
         max_seq_length=max_seq_length,
@@ -124,7 +129,9 @@ def train_parallel_encoder(
                 f"{out_dir} holds an encoder trained on other pairs or settings "
                 f"(marker {marker}); delete it or choose another out_dir"
             )
-        return SentenceTransformer(str(out_dir), device=device, trust_remote_code=False)
+        refuse_pickle_only(out_dir, "sentence encoder")
+        return SentenceTransformer(str(out_dir), device=device, trust_remote_code=False,
+                                   model_kwargs={"use_safetensors": True})
     if not (base_model_dir / "config.json").exists():
         raise FileNotFoundError(f"base model directory {base_model_dir} has no config.json")
 

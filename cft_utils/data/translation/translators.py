@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...integrity import refuse_pickle_only
 from ...languages import language_name
 from ...models import stop_token_ids
 from .segment import approx_tokens, split_for_translation
@@ -162,9 +163,10 @@ class TransformersTranslator(Translator):
 
         path = str(model_name_or_path)
         if model is None:
+            refuse_pickle_only(path, "translation model")
             cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
             cls = AutoModelForSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else AutoModelForCausalLM
-            kwargs = {"trust_remote_code": False}
+            kwargs = {"trust_remote_code": False, "use_safetensors": True}  # no pickle checkpoints
             if dtype is not None:
                 kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
             model = cls.from_pretrained(path, **kwargs)
