@@ -4,15 +4,18 @@ post-hoc checkpoint from the finished Phase 1 and Phase 2 models. Either way the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 from .. import train
 from ..config import ExperimentConfig
+from ..integrity import clear_marker
 from ..io import write_json
 from ..plan import phase1_model_dir
-from ..runs import RunPlan, provenance
+from ..runs import RunPlan, mark_done, provenance, run_lock
 from .registry import strategy_of
 
 
@@ -20,9 +23,24 @@ def execute_mitigation(run: RunPlan, cfg: ExperimentConfig, force: bool = False,
                        progress: bool = True) -> Path:
     """Run one mitigation (skipped when done); returns its model folder (safetensors, merged for LoRA).
 
-    Everything the run does comes from the run itself (``run.variant``: strategy and resolved parameters)."""
-    if run.done() and not force:
+    Everything the run does comes from the run itself (``run.variant``: strategy and resolved parameters). One
+    process at a time writes a run (the run lock; a second one waits, then reuses it); a run whose files were
+    damaged, or whose training finished without its ``mitigation.json``, is completed or rebuilt."""
+    if _complete(run) and not force:
         return run.model_dir
+    lock = run_lock(run.dir, what=f"run {run.name} ({run.run_id})") if int(os.environ.get("RANK", "0")) == 0 \
+        else nullcontext()
+    with lock:
+        if _complete(run) and not force:  # finished by another process while this one waited
+            return run.model_dir
+        return _execute(run, cfg, force, callbacks, progress)
+
+
+def _complete(run: RunPlan) -> bool:
+    return run.done() and (run.dir / "mitigation.json").exists()
+
+
+def _execute(run: RunPlan, cfg: ExperimentConfig, force: bool, callbacks: list | None, progress: bool) -> Path:
     strategy = strategy_of(run)
     if strategy.kind == "posthoc":
         return _posthoc(strategy, run, cfg)
@@ -38,6 +56,7 @@ def execute_mitigation(run: RunPlan, cfg: ExperimentConfig, force: bool = False,
     strategy.finish(run, cfg, hooks, state.is_main_process)
     if state.is_main_process:
         write_json(run.dir / "mitigation.json", hooks.info)
+        mark_done(run.dir, run.run_id)  # the manifest now lists mitigation.json and the strategy's files too
     state.wait_for_everyone()
     return run.model_dir
 
@@ -49,6 +68,7 @@ def _posthoc(strategy, run: RunPlan, cfg: ExperimentConfig) -> Path:
             raise RuntimeError(f"{run.name}: needs {need.name} ({need.run_id}); run it first")
     p1, p2 = phase1_model_dir(cfg, run.parent), run.baseline.model_dir
     run.dir.mkdir(parents=True, exist_ok=True)
+    clear_marker(run.dir)  # rebuilt in place: not done until marked again
     info = {"kind": strategy.name, **strategy.apply(run, cfg, p1, p2, run.model_dir), "p1": str(p1), "p2": str(p2)}
     write_json(run.dir / "mitigation.json", info)
     summary = {"name": run.name, "run_id": run.run_id, "phase": 2, "model": run.model,
@@ -59,7 +79,7 @@ def _posthoc(strategy, run: RunPlan, cfg: ExperimentConfig) -> Path:
     write_json(run.dir / "summary.json", summary)
     write_json(run.dir / "provenance.json", provenance(seed=run.seed, config_file=cfg.source_file,
                                                        profile=cfg.profile, overrides=cfg.overrides))
-    write_json(run.dir / "DONE", {"run_id": run.run_id})
+    mark_done(run.dir, run.run_id)
     return run.model_dir
 
 
