@@ -30,10 +30,11 @@ def test_every_shipped_parameter_file_loads_and_plans(path):
     assert h.per_device_batch_size * h.gradient_accumulation_steps * h.num_processes == h.global_batch_size
     assert h.save_steps % h.logging_steps == 0
     plan = plan_runs(cfg)  # resolves the grid without compute
-    n_models = len(cfg.grid.models)
+    n_models, n_seeds = len(cfg.grid.models), len(cfg.training_seeds)
     uses_instruct = any(c.phase1 == "Instruct" for c in cfg.grid.phase2)
-    assert len(plan.phase1) == n_models * (len(cfg.grid.phase1) + uses_instruct)
-    assert len(plan.phase2) == n_models * len(cfg.grid.phase2)
+    # every trained run once per training seed; an Instruct model exists once
+    assert len(plan.phase1) == n_models * (len(cfg.grid.phase1) * n_seeds + uses_instruct)
+    assert len(plan.phase2) == n_models * len(cfg.grid.phase2) * n_seeds
     ids = [r.run_id for r in plan.all()]
     assert len(set(ids)) == len(ids)
 
