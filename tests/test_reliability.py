@@ -21,7 +21,13 @@ import yaml
 
 from cft_utils import integrity, locks
 from cft_utils.config import load_config
-from cft_utils.models import ModelSourceError, RemoteCodeWarning, check_model_source, load_model, load_tokenizer
+from cft_utils.models import (
+    ModelSourceError,
+    RemoteCodeWarning,
+    check_model_source,
+    load_model,
+    load_tokenizer,
+)
 from cft_utils.paths import PROJECT_ROOT
 from cft_utils.plan import data_identity, plan_runs
 from cft_utils.runs import is_done, mark_done, run_lock
