@@ -8,8 +8,8 @@ from importlib.metadata import version
 
 from cft_utils.config import load_config
 from cft_utils.paths import PROJECT_ROOT
-from cft_utils.runs import is_done, last_complete_checkpoint, provenance, run_dir, run_id
 from cft_utils.plan import plan_runs
+from cft_utils.runs import is_done, last_complete_checkpoint, provenance, run_dir, run_id
 
 
 def test_run_id_is_canonical_and_content_addressed():

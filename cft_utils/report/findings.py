@@ -9,7 +9,6 @@ copies ``results/<name>/claims.csv`` and where it came from (commit, seeds, mach
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
