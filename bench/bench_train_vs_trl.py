@@ -9,7 +9,7 @@ run of each side, excluded). Ratios (> 1: the project is faster), median over ``
 * end to end: bare wall seconds / project wall seconds;
 * training loop only: bare ``train()`` seconds / project ``train()`` seconds.
 
-The final losses of the two sides are reported too (same rows, same seed: they should match).
+The mean training losses of the two sides are reported too (same rows, same seed: they should match).
 
     .venv/bin/python bench/bench_train_vs_trl.py            # 3 reps of 0.2-epoch runs (make bench)
     .venv/bin/python bench/bench_train_vs_trl.py --quick    # 1 rep of 0.05-epoch runs
@@ -65,13 +65,13 @@ def main() -> None:
         fresh(run.dir)
         wall = timed(project_cmd, env, log=home / "logs" / "bench_train_project.log")
         s = json.loads((run.dir / "summary.json").read_text())
-        return {"wall_s": round(wall, 2), "train_s": s["runtime_s"], "final_loss": s["final_loss"]}
+        return {"wall_s": round(wall, 2), "train_s": s["runtime_s"], "train_loss": s["train_loss"]}
 
     def bare() -> dict:
         shutil.rmtree(bare_out, ignore_errors=True)
         wall = timed(bare_cmd, env, log=home / "logs" / "bench_train_bare.log")
         s = json.loads((bare_out / "summary.json").read_text())
-        return {"wall_s": round(wall, 2), "train_s": s["runtime_s"], "final_loss": s["final_loss"]}
+        return {"wall_s": round(wall, 2), "train_s": s["runtime_s"], "train_loss": s["train_loss"]}
 
     print(f"[bench] training path vs bare TRL: {run.name}, {epochs} epoch(s), padding_free={h.padding_free}, "
           f"{reps} rep(s) after one warm-up each", flush=True)
@@ -85,8 +85,8 @@ def main() -> None:
               "bare_trl.py: trainer.train()", [x["train_s"] for x in a], [x["train_s"] for x in b],
               higher_is_better=False, unit="x tokens/s", target=">= 0.97"),
     ]
-    losses = {"project_final_loss": a[-1]["final_loss"], "bare_final_loss": b[-1]["final_loss"],
-              "same_final_loss": a[-1]["final_loss"] == b[-1]["final_loss"]}
+    losses = {"project_train_loss": a[-1]["train_loss"], "bare_train_loss": b[-1]["train_loss"],
+              "same_train_loss": a[-1]["train_loss"] == b[-1]["train_loss"]}
     write_result("train_vs_trl", {"run": run.name, "epochs": epochs, "threads": args.threads,
                                   "padding_free": h.padding_free, "ratios": ratios, "losses": losses,
                                   "project_runs": a, "bare_runs": b}, args.quick)

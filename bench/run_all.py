@@ -108,8 +108,8 @@ def render(quick: bool, runs: list[dict] | None, command: str) -> Path:
         r = results["train_vs_trl"]
         lo = r["losses"]
         lines.append(f"- Training path vs bare TRL ({r['run']}, {r['epochs']} epoch, padding_free={r['padding_free']}):"
-                     f" final loss {lo['project_final_loss']:.4f} vs {lo['bare_final_loss']:.4f} "
-                     f"({'identical' if lo['same_final_loss'] else 'different'}).")
+                     f" mean training loss {lo['project_train_loss']:.6f} vs {lo['bare_train_loss']:.6f} "
+                     f"({'identical' if lo['same_train_loss'] else 'different'}).")
     if results.get("generate"):
         r = results["generate"]
         lines.append(f"- Generation ({r['prompts']} prompts x {r['max_new_tokens']} tokens, {r['threads']} thread): "

@@ -174,6 +174,17 @@ def language_counts(records: list[dict], dropped: list[int], no_loss: list[int])
     return dict(sorted(out.items()))
 
 
+def _everywhere(flag: bool) -> bool:
+    """``flag`` on every process of a distributed launch (False if any process has it False); ``flag`` alone."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return flag
+    return all(gather_object([flag]))
+
+
 def prepare(records: list[dict], tokenizer, args, max_length: int, cache: bool | None = None,
             root: Path | None = None) -> PreparedData:
     """The records tokenised as ``SFTTrainer(args=args, processing_class=tokenizer)`` would, records over
@@ -194,7 +205,8 @@ def prepare(records: list[dict], tokenizer, args, max_length: int, cache: bool |
     else:
         root = Path(root) if root is not None else cache_root()
         final = root / fp
-        hit = (final / "meta.json").exists()
+        # Every process of a distributed launch must take the same branch: TRL's preparation holds a barrier.
+        hit = _everywhere((final / "meta.json").exists())
         if not hit:
             ds, counts = _build(records, tokenizer, args, max_length)
             root.mkdir(parents=True, exist_ok=True)
