@@ -54,7 +54,8 @@ def scores_for(items: pd.DataFrame, suite: str, groups: Mapping[str, pd.DataFram
             wide = gb.pivot_table(index="seed", columns=["language", "item"], values="value", aggfunc="mean")
             per[b] = wide.sort_index(axis=0).sort_index(axis=1)
         out[label] = per
-    # align columns (items) per benchmark on the intersection of what every label has
+    # align columns (items) per benchmark on the intersection of what every label has; a benchmark no label has
+    # items of (not evaluated yet) is left out, and a label without items of a suite leaves nothing to compare
     for b in benches:
         cols = None
         for label in out:
@@ -62,7 +63,12 @@ def scores_for(items: pd.DataFrame, suite: str, groups: Mapping[str, pd.DataFram
             cols = c if cols is None else cols & c
         cols = sorted(cols or [])
         for label in out:
-            out[label][b] = out[label][b][cols].to_numpy(dtype=float)
+            if cols:
+                out[label][b] = out[label][b][cols].to_numpy(dtype=float)
+            else:
+                del out[label][b]
+    if any(not per for per in out.values()):
+        return {}
     return out
 
 
@@ -99,24 +105,26 @@ def ability_claims(items: pd.DataFrame, similar: Mapping[tuple[str, str], bool |
         groups = {"P1": _select(items, model, p1, p2, checkpoint="P1", strategy="none"),
                   "P2": _select(items, model, p1, p2, checkpoint="P2", strategy="none")}
         kind = similar.get((p1, p2))
-        if "ta" in suites and kind is not None:
-            ta = difference(scores_for(items, "ta", groups), "P2", "P1", **kw)
+        ta_scores, la_scores = scores_for(items, "ta", groups), scores_for(items, "la", groups)
+        if "ta" in suites and kind is not None and ta_scores:
+            ta = difference(ta_scores, "P2", "P1", **kw)
             if kind:
                 rows.append(_row(1, cell, "ΔTA_avg (P2 − P1)", ta, verdict_kept(ta, margin_ta)))
             else:
                 rows.append(_row(2, cell, "ΔTA_avg (P2 − P1)", ta, verdict_change(ta, "decrease")))
-        if "la" in suites:
-            la = difference(scores_for(items, "la", groups), "P2", "P1", **kw)
+        if "la" in suites and la_scores:
+            la = difference(la_scores, "P2", "P1", **kw)
             rows.append(_row(6, cell, "ΔLA_avg (P2 − P1)", la, verdict_change(la, "increase")))
         mit = _select(items, model, p1, p2, checkpoint="P2")
         mit = mit[mit["method"].isin(list(mitigation_methods))]
         for label in sorted(mit["strategy"].unique(), key=str):
             g = {"none": groups["P2"], label: mit[mit["strategy"] == label]}
-            if "ta" in suites:
-                dta = difference(scores_for(items, "ta", g), label, "none", **kw)
+            ta_g, la_g = scores_for(items, "ta", g), scores_for(items, "la", g)
+            if "ta" in suites and ta_g:
+                dta = difference(ta_g, label, "none", **kw)
                 rows.append(_row(5, cell, f"ΔTA_avg ({label} − unmitigated)", dta, verdict_change(dta, "increase")))
-            if "la" in suites:
-                dla = difference(scores_for(items, "la", g), label, "none", **kw)
+            if "la" in suites and la_g:
+                dla = difference(la_g, label, "none", **kw)
                 rows.append(_row(5, cell, f"ΔLA_avg ({label} − unmitigated)", dla, verdict_kept(dla, margin_la)))
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -67,6 +67,8 @@ def check_scores(scores: Scores) -> tuple[list[str], dict[str, int], int]:
             a = _as_2d(scores[n][b])
             if np.isnan(a).any():
                 raise ValueError(f"checkpoint {n!r}, benchmark {b!r}: missing item scores (NaN)")
+            if a.shape[1] == 0:
+                raise ValueError(f"checkpoint {n!r}, benchmark {b!r}: no item scores")
             n_items.setdefault(b, a.shape[1])
             if a.shape[1] != n_items[b]:
                 raise ValueError(f"benchmark {b!r}: {n!r} has {a.shape[1]} items, others {n_items[b]}")
