@@ -34,9 +34,11 @@ WHEN_TO_PACK = """\
 
 - **Padding-free** (`training.padding_free: true`, TRL's padding-free collator): each batch is one row of the
   concatenated sequences with per-sequence positions; no compute is spent on padding, the optimisation is the same
-  (same examples per step, same loss tokens), so the loss matches padded batches up to floating-point order (the
-  loss check above). It is the default of the sandbox and smoke profiles when the loss check holds. Over-long
-  records are dropped before training and counted in each run's `summary.json` (`n_dropped_over_length`).
+  (same examples per step, same loss tokens; one batch's loss and gradients agree to float precision, tested), so
+  runs differ from padded ones by floating-point order only, which training amplifies like any numerical change
+  (the loss check above, beside the seed-to-seed difference). Set per profile (`training.padding_free` in
+  params/*.yaml). Over-long records are dropped before training and counted in each run's `summary.json`
+  (`n_dropped_over_length`).
   On a GPU with flash attention (varlen kernels) it is the usual win; with SDPA the model builds a block-causal
   mask from the positions instead.
 - **Packing** (TRL `packing=True`, best-fit decreasing to `max_length`) changes the optimisation: fewer, longer

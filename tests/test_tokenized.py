@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def test_padding_free_config_is_accepted_by_trl(tmp_path, tiny_tokenizer, tiny_m
 
 def test_padding_free_batch_has_the_loss_of_the_padded_batch(tmp_path, tiny_tokenizer, tiny_model_dir):
     """The same rows, one concatenated row with per-sequence positions vs padded rows: sequences stay separate
-    (no attention across them) and the same tokens enter the loss, so the loss agrees to float precision."""
+    (no attention across them) and the same tokens enter the loss, so the loss and its gradients agree to float
+    precision (a training run then differs only by floating-point order; bench/RESULTS.md has the full-run loss)."""
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -123,12 +125,20 @@ def test_padding_free_batch_has_the_loss_of_the_padded_batch(tmp_path, tiny_toke
     records[2]["completion"][0]["content"] = "a much longer answer: " + "plum, pear, apple, " * 4  # uneven lengths
     args, h = _args(tmp_path)
     rows = list(prepare(records, tiny_tokenizer, args, h.max_length, cache=False).dataset)
-    model = load_model(tiny_model_dir()).eval()
     pad = tiny_tokenizer.pad_token_id if tiny_tokenizer.pad_token_id is not None else 0
-    with torch.no_grad():
-        padded = model(**DataCollatorForLanguageModeling(pad_token_id=pad)(rows)).loss
-        free = model(**DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)(rows), use_cache=False).loss
-    assert torch.isfinite(padded) and abs(float(free) - float(padded)) < 1e-5
+
+    def loss_and_grads(padding_free: bool):
+        model = load_model(tiny_model_dir()).train()
+        batch = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=padding_free)(rows)
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return float(loss), {n: p.grad for n, p in model.named_parameters()}
+
+    padded, g_padded = loss_and_grads(False)
+    free, g_free = loss_and_grads(True)
+    assert math.isfinite(padded) and abs(free - padded) < 1e-5
+    for name, g in g_padded.items():
+        assert torch.allclose(g_free[name], g, rtol=1e-4, atol=1e-6), name
 
 
 # --------------------------------------------------------------------------------------------- slow
