@@ -198,6 +198,23 @@ class TrainingSpec(_Strict):
     report_to: list[Literal["none", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["none"])
     num_threads: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="torch CPU threads (None: torch's default).")
+    trl: dict[str, Any] = Field(
+        default_factory=dict, description="Any other argument of TRL's SFTConfig (e.g. max_grad_norm: 0.5, "
+        "neftune_noise_alpha: 5), passed to it as it is and checked against SFTConfig's fields when the file loads.")
+
+    @field_validator("trl")
+    @classmethod
+    def _trl_fields(cls, v):
+        if v:  # TRL is imported only when this section is used (the import costs seconds)
+            import dataclasses
+
+            from trl import SFTConfig
+
+            known = {f.name for f in dataclasses.fields(SFTConfig)}
+            unknown = sorted(set(v) - known)
+            if unknown:
+                raise ValueError(f"{unknown} are not arguments of TRL's SFTConfig")
+        return v
 
     @model_validator(mode="after")
     def _batch_adds_up(self):

@@ -64,39 +64,46 @@ def sft_config(h: TrainingSpec, output_dir: Path, seed: int, prepared: bool = Fa
     prepared set, whose over-long records are already dropped.
     """
     import torch
+    from transformers import HfArgumentParser
     from trl import SFTConfig
 
     prec = resolve_precision(h.precision)
     cpu = not torch.cuda.is_available()
-    return SFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=h.epochs,
-        per_device_train_batch_size=h.per_device_batch_size,
-        gradient_accumulation_steps=h.gradient_accumulation_steps,
-        learning_rate=h.learning_rate,
-        lr_scheduler_type=h.lr_scheduler,
-        warmup_steps=h.warmup_steps,
-        weight_decay=h.weight_decay,
-        optim=h.optim,
-        max_length=None if h.padding_free else h.max_length,
-        dataset_kwargs={"skip_prepare_dataset": True} if prepared else None,
-        bf16=prec == "bf16",
-        fp16=prec == "fp16",
-        use_cpu=cpu,
-        activation_checkpointing=h.gradient_checkpointing,
-        padding_free=h.padding_free,
-        logging_steps=h.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=h.save_steps,
-        save_total_limit=h.save_total_limit,
-        report_to=[r for r in h.report_to if r != "none"] or "none",
-        seed=seed,
-        data_seed=seed,
-        dataloader_pin_memory=not cpu,
+    # The project's names for what the paper's Table A.1 and the profiles set, in TRL's terms; everything else
+    # TRL offers passes through `training.trl` unchanged. TRL's own parser builds the config (it checks the types).
+    args = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": h.epochs,
+        "per_device_train_batch_size": h.per_device_batch_size,
+        "gradient_accumulation_steps": h.gradient_accumulation_steps,
+        "learning_rate": h.learning_rate,
+        "lr_scheduler_type": h.lr_scheduler,
+        "warmup_steps": h.warmup_steps,
+        "weight_decay": h.weight_decay,
+        "optim": h.optim,
+        "max_length": None if h.padding_free else h.max_length,
+        "bf16": prec == "bf16",
+        "fp16": prec == "fp16",
+        "use_cpu": cpu,
+        "activation_checkpointing": h.gradient_checkpointing,  # TRL 1.16 turns it on unless told (STACK_NOTES)
+        "padding_free": h.padding_free,
+        "logging_steps": h.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": h.save_steps,
+        "save_total_limit": h.save_total_limit,
+        "report_to": [r for r in h.report_to if r != "none"] or "none",
+        "seed": seed,
+        "data_seed": seed,
+        "dataloader_pin_memory": not cpu,
         # progress bars in a terminal; none in a notebook kernel or a log file (the reports stay readable)
-        disable_tqdm=not sys.stderr.isatty(),
-    )
+        "disable_tqdm": not sys.stderr.isatty(),
+        **h.trl,
+    }
+    (config,) = HfArgumentParser(SFTConfig).parse_dict(args, allow_extra_keys=False)
+    if prepared:  # a dict field: set after parsing
+        config.dataset_kwargs = {"skip_prepare_dataset": True}
+    return config
 
 
 def resolve_init(run: RunPlan, cfg: ExperimentConfig) -> tuple[str, ModelSpec]:

@@ -242,3 +242,16 @@ def test_all_errors_of_a_file_are_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert "training.epochs" in str(e.value) and "training.warmup_steps" in str(e.value)
+
+
+def test_other_sft_arguments_pass_to_trl_and_unknown_ones_are_refused(tmp_path):
+    """`training.trl` reaches TRL's SFTConfig as it is (TRL's own parser builds the config); a name SFTConfig does
+    not have is an error naming the key when the file loads."""
+    from cft_utils.train import sft_config
+
+    cfg = load_config("smoke", {"training.trl": {"max_grad_norm": 0.5, "neftune_noise_alpha": 5}})
+    args = sft_config(cfg.training, tmp_path, seed=7)
+    assert args.max_grad_norm == 0.5 and args.neftune_noise_alpha == 5
+    assert args.num_train_epochs == cfg.training.epochs and args.activation_checkpointing is False
+    with pytest.raises(ConfigError, match=r"training.trl: .*\['max_grad_nrom'\] are not arguments of TRL's SFTConfig"):
+        load_config("smoke", {"training.trl": {"max_grad_nrom": 0.5}})
