@@ -77,8 +77,12 @@ def model_spec(cfg: ExperimentConfig, name: str) -> ModelSpec:
 
 
 def semantic_hparams(h: TrainingSpec) -> dict:
-    """The hyper-parameters that change what is learnt (the part of a run id they contribute)."""
-    return h.model_dump(exclude=NON_SEMANTIC_HPARAMS)
+    """The hyper-parameters that change what is learnt (the part of a run id they contribute). Extra TRL arguments
+    (``trl``) count when given; left empty they are left out, so runs planned before the field existed keep their ids."""
+    d = h.model_dump(exclude=NON_SEMANTIC_HPARAMS)
+    if not d.get("trl"):
+        d.pop("trl", None)
+    return d
 
 
 def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
