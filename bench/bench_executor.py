@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from benchlib import PY, alternate, bench_home, fresh, ratio, sub_env, timed, write_result
 
@@ -51,7 +52,12 @@ def main() -> None:
         def go() -> dict:
             for r in runs:
                 fresh(r.dir)
+            t0 = time.time()
             wall = timed(cmd, sub_env(max(1, cores // workers)), log=home / "logs" / f"bench_executor_{name}.log")
+            stale = [r.name for r in runs if not (r.dir / "summary.json").exists()
+                     or (r.dir / "summary.json").stat().st_mtime < t0]
+            if stale:  # every run must have been trained in this repetition
+                raise RuntimeError(f"{name}: not trained in this repetition: {stale}")
             return {"wall_s": round(wall, 2), "runs": len(runs)}
         return go
 

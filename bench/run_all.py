@@ -165,7 +165,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="benchmark scripts to run (default: all)")
     args = ap.parse_args()
     runs = None if args.render else run_benches(args.quick, args.only)
-    render(args.quick, runs, "make bench" if not args.quick else "python bench/run_all.py --quick")
+    command = "make bench" if len(sys.argv) == 1 else "python bench/run_all.py " + " ".join(sys.argv[1:])
+    render(args.quick, runs, command)
     return 0 if not runs or all(r["rc"] == 0 for r in runs) else 1
 
 
