@@ -245,7 +245,9 @@ def write_paper_tables(cfg: ExperimentConfig, results, ta=TA_BENCHMARKS, la=LA_B
         if paper_cols and t[paper_cols].isna().all().all():
             t = t.drop(columns=paper_cols)
         save_table(t, out_dir / name, caption=f"{name}: {cell.phase1} -> {cell.data}, TA and LA per strategy"
-                   + (f" ({source})" if source else ""))
+                   + (f" ({source})" if source else "") + ". Rows: P1 = the Phase 1 model before Phase 2; none = "
+                   "Phase 2 without mitigation; the others = Phase 2 with that strategy. Means over training seeds; "
+                   "intervals and verdicts: the claims table (claim 5).")
         tables[name] = t
     return tables
 
