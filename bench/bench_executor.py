@@ -7,7 +7,7 @@ other (``--workers 1 --set training.num_threads=<cores>``). Both start from scra
 removed; the tokenised cache stays warm, as it would for the next seed). Ratio: B wall / A wall (> 1: the pool
 finishes the grid faster), median of ``--reps``, A and B alternating.
 
-    .venv/bin/python bench/bench_executor.py            # 2 reps of 0.2-epoch runs (make bench)
+    .venv/bin/python bench/bench_executor.py            # 2 reps of 0.1-epoch runs (make bench)
     .venv/bin/python bench/bench_executor.py --quick    # 1 rep of 0.05-epoch runs
 """
 
@@ -24,11 +24,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--epochs", type=float, default=None, help="default 0.2 (quick 0.05)")
+    ap.add_argument("--epochs", type=float, default=None, help="default 0.1 (quick 0.05)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     reps = args.reps or (1 if args.quick else 2)
-    epochs = args.epochs or (0.05 if args.quick else 0.2)
+    epochs = args.epochs or (0.05 if args.quick else 0.1)
     cores = os.cpu_count() or 1
     home = bench_home()
 

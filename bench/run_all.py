@@ -93,15 +93,18 @@ def render(quick: bool, runs: list[dict] | None, command: str) -> Path:
         lines.append("- benchmarks: " + ", ".join(f"{r['bench']} {r['seconds']:.0f} s" + ("" if r["rc"] == 0
                                                    else " (FAILED)") for r in runs)
                      + f"; {sum(r['seconds'] for r in runs) / 60:.1f} min in all")
-    lines += ["", "| benchmark | A | B (baseline) | ratio A/B (median) | min-max (n) | target | measured |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["- each row is measured by its own script, `bench/bench_<name>.py` (run alone with `--quick` for a fast "
+              "check); *measured* is when, *load* the machine's 1-minute load average at the end of that script (a "
+              "shared machine: above the core count, processes wait for a core, which hurts multi-threaded ones most)",
+              "", "| benchmark | A | B (baseline) | ratio A/B (median) | min-max (n) | target | measured | load |",
+              "|---|---|---|---|---|---|---|---|"]
     for res in results.values():
         if not res:
             continue
         for r in res.get("ratios", []):
             lines.append(f"| {r['name']} | {r['a']} | {r['b']} | **{_fmt(r['ratio'])}{r['unit']}** | "
                          f"{_fmt(r['min'])}-{_fmt(r['max'])} ({r['n']}) | {r.get('target') or ''} | "
-                         f"{res['date'][:16]} |")
+                         f"{res['date'][:16]} | {(res['machine'].get('load_average') or ['?'])[0]} |")
     missing = [s for s, r in results.items() if r is None and s != "padding_free_loss"]
     if missing:
         lines += ["", "Not measured in this run: " + ", ".join(missing) + "."]

@@ -73,8 +73,8 @@ def test_run_all_renders_results(tmp_path, monkeypatch):
                            unit="x tokens/s", target=">= 1")
     assert entry["ratio"] == 1.0 and entry["reps"] == [2.0, 1.0, 0.6667] and entry["n"] == 3
     (tmp_path / "generate.json").write_text(json.dumps({
-        "date": "2026-01-01T00:00:00", "ratios": [entry], "prompts": 4, "max_new_tokens": 2, "threads": 1,
+        "date": "2026-01-01T00:00:00", "machine": {"load_average": [1.5, 1, 1]}, "ratios": [entry], "prompts": 4, "max_new_tokens": 2, "threads": 1,
         "identical_answers": True}))
     md = run_all.render(False, None, "make bench").read_text()
-    assert "| x vs y | x | y | **1.00x tokens/s** |" in md
+    assert "| x vs y | x | y | **1.00x tokens/s** | 0.67-2.00 (3) | >= 1 | 2026-01-01T00:00 | 1.5 |" in md
     assert "No executed notebooks were found" in md and "Padding-free loss check: not run" in md
