@@ -121,7 +121,7 @@ def test_mmlu_and_hellaswag_rows_have_one_true_option(bench, world):
         assert len(r["choices"]) == len(set(r["choices"])) == 4
         name = r["question"].split("the ")[1].split(" ")[0]
         fact = world.facts[name]
-        truth = fact.colour if r["subject"] == "colour" else fact.place
+        truth = {"colour": fact.colour, "place": fact.place, "size": str(fact.size)}[r["subject"]]
         assert r["choices"][r["answer"]].split()[-2] == truth
         assert sum(c.split()[-2] == truth for c in r["choices"]) == 1
     for r in bench["rows"]["sb_hellaswag"]:
