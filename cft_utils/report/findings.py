@@ -9,6 +9,7 @@ copies ``results/<name>/claims.csv`` and where it came from (commit, seeds, mach
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -61,8 +62,11 @@ def take_snapshot(cfg, runtime_s: float | None = None) -> Path:
 
 def render(claims: pd.DataFrame, meta: dict) -> str:
     """The findings section (Markdown) from a claims table and its provenance."""
+    over = meta.get("overrides") or {}
     lines = [f"Generated from `data/findings/{meta['output_name']}/claims.csv`: commit `{meta.get('commit')}`"
              + (" (with uncommitted changes)" if meta.get("dirty") else "")
+             + (f", profile `{meta.get('profile', '?')}` with overrides `{json.dumps(over, ensure_ascii=False)}`"
+                if over else f", profile `{meta.get('profile', meta['output_name'])}`")
              + f", training seeds {meta['seeds']}, {meta['machine']}, {meta['date']}"
              + (f", `make reproduce` {meta['reproduce_seconds'] / 60:.0f} min" if meta.get("reproduce_seconds") else "")
              + ". Each verdict is decided by a 95 % interval over test items (paired) and training seeds: a claimed "
@@ -101,6 +105,14 @@ def read_snapshot(name: str) -> tuple[pd.DataFrame, dict]:
     return claims, read_json(d / "meta.json")
 
 
+def snapshot_name(section: str) -> str:
+    """The snapshot a README findings section was generated from (it names ``data/findings/<name>/``)."""
+    m = re.search(r"data/findings/([^/`]+)/claims\.csv", section)
+    if m is None:
+        raise ValueError("the README's findings section names no data/findings/<name>/claims.csv snapshot")
+    return m.group(1)
+
+
 def readme_section(text: str) -> str:
     """The text between the README's findings markers."""
     m = re.search(re.escape(START) + r"\n(.*?)" + re.escape(END), text, flags=re.S)
@@ -111,9 +123,9 @@ def readme_section(text: str) -> str:
 
 def write_readme(name: str, readme: Path = README) -> Path:
     """Rewrite the README's findings section from the committed snapshot of ``name``."""
-    claims, meta = read_snapshot(name)
     text = readme.read_text(encoding="utf-8")
     readme_section(text)  # the markers must be there
+    claims, meta = read_snapshot(name)
     new = re.sub(re.escape(START) + r"\n.*?" + re.escape(END), lambda _: f"{START}\n{render(claims, meta)}{END}",
                  text, flags=re.S)
     return write_text(readme, new)
