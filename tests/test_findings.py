@@ -1,0 +1,38 @@
+"""The README's findings section is generated from the committed claims snapshot, never typed by hand."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cft_utils.analysis.claims import COLUMNS
+from cft_utils.report import findings
+
+
+def test_readme_findings_equal_the_generator_output_for_the_committed_snapshot():
+    text = findings.README.read_text(encoding="utf-8")
+    section = findings.readme_section(text)
+    claims, meta = findings.read_snapshot(findings.snapshot_name(section))
+    assert section == findings.render(claims, meta)
+    assert len(claims) and set(claims["verdict"]) <= {"holds", "fails", "inconclusive"}
+
+
+def test_render_states_every_claim_with_its_interval_and_verdict():
+    claims = pd.DataFrame([
+        {"claim": 2, "cell": "m: Instruct -> x", "measure": "ΔTA_avg (P2 − P1)", "estimate": -0.1, "ci_low": -0.13,
+         "ci_high": -0.07, "n_seeds": 3, "n_items": 900, "verdict": "holds"},
+        {"claim": 6, "cell": "m: a -> x", "measure": "ΔLA_avg (P2 − P1)", "estimate": 0.01, "ci_low": float("nan"),
+         "ci_high": float("nan"), "n_seeds": 1, "n_items": 0, "verdict": "inconclusive"}], columns=COLUMNS)
+    meta = {"output_name": "x", "commit": "abc", "seeds": [1, 2, 3], "machine": "m", "date": "d"}
+    out = findings.render(claims, meta)
+    assert "-0.100 [-0.130, -0.070], 3 seed(s): holds" in out
+    assert "+0.010 (no interval), 1 seed(s): inconclusive" in out
+    assert "Claim 1:" in out and "Not assessed" in out  # a claim without rows says so
+    assert "half-width" in out and "0.030" in out
+
+
+def test_write_readme_needs_the_markers(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\nno markers\n")
+    with pytest.raises(ValueError, match="no findings markers"):
+        findings.write_readme("sandbox", readme)
