@@ -85,16 +85,17 @@ def semantic_hparams(h: TrainingSpec) -> dict:
     return d
 
 
-def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
-    """The commit a hub model id (and revision) stands for: a pinned 40-hex revision itself, else the local hub
-    cache's ref, else one metadata call to the hub (skipped offline); None when none of them can tell."""
+def hub_commit(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
+    """The commit a hub id (and revision) stands for: a pinned 40-hex revision itself, else the local hub cache's
+    ref, else one metadata call to the hub (skipped offline); None when none of them can tell. ``repo_type``:
+    ``model`` or ``dataset``."""
     if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
     try:
         from huggingface_hub import constants
         from huggingface_hub.file_download import repo_folder_name
 
-        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / (
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / (
             revision or "main")
         if ref.is_file():
             return ref.read_text().strip()
@@ -102,7 +103,8 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
             return None
         from huggingface_hub import HfApi
 
-        return HfApi().model_info(repo_id, revision=revision).sha
+        info = HfApi().dataset_info if repo_type == "dataset" else HfApi().model_info
+        return info(repo_id, revision=revision).sha
     except Exception:  # no cache entry and no hub: the id and revision are all we know
         return None
 
@@ -210,24 +212,8 @@ def path_fingerprint(path: Path) -> str:
 
 
 def hub_dataset_commit(repo_id: str, revision: str | None = None) -> str | None:
-    """The commit a hub dataset id (and revision) stands for, as :func:`hub_commit` finds it for models."""
-    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
-    try:
-        from huggingface_hub import constants
-        from huggingface_hub.file_download import repo_folder_name
-
-        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="dataset") / "refs" / (
-            revision or "main")
-        if ref.is_file():
-            return ref.read_text().strip()
-        if constants.HF_HUB_OFFLINE:
-            return None
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(repo_id, revision=revision).sha
-    except Exception:  # no cache entry and no hub: the id and revision are all we know
-        return None
+    """The commit a hub dataset id (and revision) stands for (:func:`hub_commit` with ``repo_type="dataset"``)."""
+    return hub_commit(repo_id, revision, repo_type="dataset")
 
 
 def data_identity(cfg: ExperimentConfig, key: str) -> dict:
