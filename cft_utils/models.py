@@ -55,7 +55,8 @@ def use_threads(n: int | None) -> int:
 
 
 class RemoteCodeWarning(UserWarning):
-    """A model or tokenizer is loaded with ``trust_remote_code=True``: code from its folder or repository runs."""
+    """A model or tokenizer is loaded with remote code trusted (its trust_remote_code setting is on): code from
+    its folder or repository runs."""
 
 
 def warn_remote_code(source) -> None:
