@@ -364,6 +364,14 @@ class ParameterDifference:
         return df
 
 
+def _row_squares(flat, rows: int) -> np.ndarray:
+    """Σx² of each of ``rows`` equal rows of the flat buffer ``flat`` (a batched dot product)."""
+    import torch
+
+    m = flat.view(rows, -1)
+    return torch.einsum("ij,ij->i", m, m).numpy()
+
+
 def parameter_difference(
     dir_a: str | Path,
     dir_b: str | Path,
@@ -412,20 +420,21 @@ def parameter_difference(
             n = ca.numel()
             if scratch[0].numel() < n:
                 scratch = [torch.empty(max(n, chunk_elems), dtype=torch.float64) for _ in range(3)]
-            fa, fb, d2 = (buf[:n].view(ca.shape) for buf in scratch)
-            fa.copy_(ca)
-            fb.copy_(cb)
+            fa, fb, d = (buf[:n] for buf in scratch)
+            fa.copy_(ca.reshape(-1))
+            fb.copy_(cb.reshape(-1))
+            rows_n = ca.shape[0] if ca.dim() else 1
             del ca, cb
-            torch.sub(fa, fb, out=d2).square_()
-            sq_diff += float(d2.sum())
-            fa.square_()
-            sq_a += float(fa.sum())
-            sq_b += float(fb.square_().sum())
+            torch.sub(fa, fb, out=d)
+            # Sums of squares as float64 dot products: one pass over each buffer, no squared copies.
+            sq_diff += float(torch.dot(d, d))
+            sq_a += float(torch.dot(fa, fa))
+            sq_b += float(torch.dot(fb, fb))
             if want_rows:
-                row_diff.append(d2.reshape(d2.shape[0], -1).sum(1).numpy())
-                row_a.append(fa.reshape(fa.shape[0], -1).sum(1).numpy())
+                row_diff.append(_row_squares(d, rows_n))
+                row_a.append(_row_squares(fa, rows_n))
                 if parts:
-                    row_b.append(fb.reshape(fb.shape[0], -1).sum(1).numpy())
+                    row_b.append(_row_squares(fb, rows_n))
         info = a.tensors[in_a]
         if parts:
             rd, ra, rb = (np.concatenate(x) for x in (row_diff, row_a, row_b))

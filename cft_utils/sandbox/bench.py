@@ -10,8 +10,8 @@ scoring functions the YAMLs name live in :mod:`cft_utils.evaluation.metrics`.
 | AlpacaEval | ``sb_alpacaeval`` | an English held-out instruction of every task family, its gold answer and the output of the fixed reference system (below) | win rate against the reference with :class:`~cft_utils.evaluation.judge.ReferenceMatchJudge` (token F1 to the gold answer decides) |
 | MMLU | ``sb_mmlu`` | a fact of the world (colour or place of a thing) as a 4-option question, options are full sentences | loglikelihood, acc / acc_norm |
 | HellaSwag | ``sb_hellaswag`` | the first steps of one of the world's short stories, 4 candidate next steps | loglikelihood, acc / acc_norm |
-| XQuAD | ``sb_xquad_<lang>`` | a short context of made-up colour statements and a colour question, the *same* items in every non-English language (parallel, like XQuAD) | SQuAD EM/F1 (cft_utils.evaluation.metrics) |
-| MLQA | ``sb_mlqa_<lang>`` | a context of place statements and "what is found in the X ?", items drawn *separately* per language (like MLQA's per-language contexts) | SQuAD EM/F1 |
+| XQuAD | ``sb_xquad_<lang>`` | a short context of colour statements (the world's facts) and a colour question, the *same* items in every non-English language (parallel, like XQuAD) | SQuAD EM/F1 (cft_utils.evaluation.metrics) |
+| MLQA | ``sb_mlqa_<lang>`` | a context of place statements (the world's facts) and "where is the X found ?", items drawn *separately* per language (like MLQA's per-language contexts) | SQuAD EM/F1 |
 | XL-Sum | ``sb_xlsum_<lang>`` | a short text of facts about one thing (and one distracting sentence) with a reference one-sentence summary, per non-English language | ROUGE-1/2/L with the Unicode tokenizer |
 
 **Never trained on.** IFEval- and AlpacaEval-like items come from the world's held-out ``test`` split
@@ -47,7 +47,7 @@ from .world import (
     apply_constraint,
 )
 
-BENCH_VERSION = 2  # 2: MMLU-like questions on sizes too (171 items instead of 114)
+BENCH_VERSION = 3  # 2: MMLU-like questions on sizes too (171 items); 3: QA contexts state the world's facts
 TA_TASKS = ("sb_ifeval", "sb_alpacaeval", "sb_mmlu", "sb_hellaswag")
 LA_BENCHMARKS = {"MLQA": "sb_mlqa", "XQuAD": "sb_xquad", "XLSum": "sb_xlsum"}
 # IFEval instruction ids for the world's verifiable constraints (cft_utils.sandbox.world.apply_constraint).
@@ -243,12 +243,13 @@ def _qa_row(world, lang, qid, sentences, k, answer, question, train, from_right=
 
 
 def xquad_items(world: World, train: TrainingInstructions, n: int) -> dict[str, tuple[list[dict], int]]:
-    """Parallel colour questions over made-up contexts: the same ``n`` items in every non-English language."""
+    """Parallel colour questions over contexts of the world's colour facts: the same ``n`` items in every non-English
+    language."""
     rng = _rng(world, "xquad")
     items = []
     for i in range(n):
         names = rng.sample(sorted(world.facts), rng.randint(2, 3))
-        colours = rng.sample(COLOURS, len(names))
+        colours = [world.facts[a].colour for a in names]
         k = rng.randrange(len(names))
         items.append((f"sbx-{i:04d}", [f"the {a} is {c} ." for a, c in zip(names, colours, strict=True)], k, colours[k],
                       f"what colour is the {names[k]} ?"))
@@ -266,20 +267,20 @@ def xquad_items(world: World, train: TrainingInstructions, n: int) -> dict[str, 
 
 
 def mlqa_items(world: World, train: TrainingInstructions, n: int) -> dict[str, tuple[list[dict], int]]:
-    """Per-language place questions ("what is found in the X ?"), drawn separately for each language."""
-    places = sorted({p for ps in PLACES.values() for p in ps})
+    """Per-language place questions ("where is the X found ?") over contexts of the world's place facts, drawn
+    separately for each language."""
     out = {}
     for lang in world.other_languages:
         rng = _rng(world, f"mlqa-{lang}")
         rows, dropped = [], 0
         for i in range(n):
             names = rng.sample(sorted(world.facts), rng.randint(2, 3))
-            where = rng.sample(places, len(names))
+            where = [world.facts[a].place for a in names]
             k = rng.randrange(len(names))
             sents = [f"the {a} is found in the {p} ." for a, p in zip(names, where, strict=True)]
-            # the answer (the thing) is the sentence's first content word: find it from the left
-            r = _qa_row(world, lang, f"sbm-{i:04d}-{lang}", sents, k, names[k],
-                        f"what is found in the {where[k]} ?", train, from_right=False)
+            # the answer (the place) ends sentence k: find it from the right
+            r = _qa_row(world, lang, f"sbm-{i:04d}-{lang}", sents, k, where[k],
+                        f"where is the {names[k]} found ?", train)
             if r is None:
                 dropped += 1
             else:
@@ -325,7 +326,7 @@ def bench_dir(world_dir: Path) -> Path:
 
 def untranslated_words(world: World) -> list[str]:
     """English words of the benchmark templates that the world's lexicon cannot translate (left in English)."""
-    templates = [_QA_INTRO, "text :", "question :", "what colour is the", "what is found in the",
+    templates = [_QA_INTRO, "text :", "question :", "what colour is the", "where is the found ?",
                  "summarize the text .", "the text is about the , that is .", "the is found in the ."]
     lexicon = next(iter(world.lexicon.values()), {})
     return sorted({w for t in templates for w in _WORD.findall(t)} - set(lexicon))

@@ -44,7 +44,7 @@ from ..languages import LANGUAGE_NAMES, SANDBOX_LANGUAGES
 # ----------------------------------------------------------------------------------------------------------
 
 # Bump when a generator changes what a WorldSpec produces (it is part of the world id, hence of every cache key).
-WORLD_VERSION = 4
+WORLD_VERSION = 5  # 5: every statement about a thing in the instruction data agrees with the world's facts
 
 _CYRILLIC = {
     "a": "а", "b": "б", "v": "в", "d": "д", "e": "е", "z": "з", "i": "и", "k": "к", "l": "л", "m": "м",
@@ -225,13 +225,19 @@ def task_a_kind(rng, facts):
 
 
 def task_a_context(rng, facts):
-    """Extractive QA over a short context of made-up statements (the MLQA/XQuAD-like skill)."""
+    """Extractive QA over a short context of statements about a few things (the MLQA/XQuAD-like skill).
+
+    The statements are the world's facts: instruction data that contradicted them taught the models made-up
+    colours and erased what pre-training had taught (the MMLU-like benchmark fell to chance after Phase 1)."""
     names = _pick(rng, facts, rng.randint(2, 3))
-    colours = rng.sample(COLOURS, len(names))
-    sents = [f"the {n} is {c} ." for n, c in zip(names, colours, strict=True)]
     k = rng.randrange(len(names))
-    return (None, f"read the text and answer . text : {' '.join(sents)} question : what colour is the {names[k]} ?",
-            colours[k])
+    if rng.random() < 0.5:  # colours (the XQuAD-like items)
+        sents = [f"the {n} is {facts[n].colour} ." for n in names]
+        question, answer = f"what colour is the {names[k]} ?", facts[names[k]].colour
+    else:  # places (the MLQA-like items)
+        sents = [f"the {n} is found in the {facts[n].place} ." for n in names]
+        question, answer = f"where is the {names[k]} found ?", facts[names[k]].place
+    return None, f"read the text and answer . text : {' '.join(sents)} question : {question}", answer
 
 
 # Family B (OpenOrca-like): a system prompt and a step-by-step answer ending in "so the answer is ...".
@@ -270,9 +276,8 @@ def task_b_odd(rng, facts):
 def task_b_summary(rng, facts):
     """Name the topic of a short text (the XL-Sum-like skill): the thing most sentences are about."""
     main, other = _pick(rng, facts, 2)
-    sents = [f"the {main} is {c} ." for c in rng.sample(COLOURS, 1)] + [
-        f"the {main} is found in the {rng.choice(sum(PLACES.values(), []))} .",
-        f"the {other} is {rng.choice(COLOURS)} ."]
+    sents = [f"the {main} is {facts[main].colour} .", f"the {main} is found in the {facts[main].place} .",
+             f"the {other} is {facts[other].colour} ."]
     rng.shuffle(sents)
     return (rng.choice(SYSTEM_PROMPTS_B), f"summarize the text in a few words . text : {' '.join(sents)}",
             f"two sentences talk about the {main} . {ANSWER_MARK} the {main} .")
@@ -297,7 +302,8 @@ def task_c_join(rng, facts):
 
 
 def task_c_sentence(rng, facts):
-    n, c = rng.choice(list(facts)), rng.choice(COLOURS)
+    n = rng.choice(list(facts))
+    c = facts[n].colour
     return None, f"make a sentence with the words {n} and {c} .", f"the {n} is {c} ."
 
 
@@ -392,7 +398,7 @@ class World:
         texts += SYSTEM_PROMPTS_B + _CORPUS_GLUE
         texts += [st.format(n="fox", place="forest") for steps in STORY_STEPS for st in steps]
         texts += ["the list is : again : the list has words . the first word is the last word is in reverse : with and",
-                  "is less than", ANSWER_MARK]
+                  "is less than", "text : question : where is the found ? answer :", ANSWER_MARK]
         return {w for t in texts for w in _WORD.findall(t.lower())}
 
     @property
@@ -516,7 +522,14 @@ class World:
 
     # -- pre-training corpus --------------------------------------------------------------------------
     def corpus(self) -> list[str]:
-        """The raw multilingual pre-training corpus: facts, lists, stories, parallel and code-switched text."""
+        """The raw multilingual pre-training corpus: facts, lists, stories, reading passages with questions,
+        parallel and code-switched text.
+
+        The reading passages (a few facts, a question about one, its answer) stand for the question-answer text of
+        web corpora in every language: real base models can answer a question about a passage in its language
+        before any instruction tuning (the paper's Phase 1 models score 0.18-0.46 on its language benchmarks).
+        Without them the sandbox's Phase 1 models answered every non-English question in English (language
+        ability at the floor)."""
         rng = random.Random(f"{self.spec.seed}-corpus")
         lang_rng = random.Random(f"{self.spec.seed}-corpus-languages")  # its own stream: the documents stay the same
         langs = self.spec.languages
@@ -525,7 +538,7 @@ class World:
         names = list(self.facts)
         docs = []
         for d in range(self.spec.n_corpus_documents):
-            kind = d % 6
+            kind = d % 7
             # every kind of document in every language (kind and language must not be correlated)
             if kind == 5:
                 lang = None
@@ -556,6 +569,16 @@ class World:
                 text = (f"{max(a, b)} is more than {min(a, b)} . {min(a, b)} is less than {max(a, b)} . "
                         f"{min(a, 8)} plus {c} is {min(a, 8) + c} . the {n} is {ARTICLE[self.facts[n].category]} . "
                         + rng.choice(_CORPUS_GLUE))
+            elif kind == 6:  # a reading passage and a question about it, answered (question-answer web text)
+                ns = rng.sample(names, rng.randint(2, 3))
+                k = rng.randrange(len(ns))
+                if rng.random() < 0.5:
+                    sents = [f"the {n} is {self.facts[n].colour} ." for n in ns]
+                    qa = f"what colour is the {ns[k]} ? answer : {self.facts[ns[k]].colour} ."
+                else:
+                    sents = [f"the {n} is found in the {self.facts[n].place} ." for n in ns]
+                    qa = f"where is the {ns[k]} found ? answer : {self.facts[ns[k]].place} ."
+                text = f"text : {' '.join(sents)} question : {qa}"
             else:  # parallel and code-switched text, and dictionary lines: the cross-lingual glue
                 other = rng.choice(self.other_languages)
                 sents = fact_sentences(self.facts[rng.choice(names)])
