@@ -355,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         print(f"[reproduce] overrides {overrides} -> reports/, results/, figures/ under '{name}'", flush=True)
     t_all, status = time.time(), 0
+    cpu_all, timings = _cpu_seconds(), []
     for i, nb_name in enumerate(todo):
-        t = time.time()
+        t, cpu = time.time(), _cpu_seconds()
         print(f"[reproduce] {nb_name} ({args.profile}) ...", flush=True)
         try:
             execute_notebook(nb_name, args.profile, out_dir, args.timeout, overrides=overrides)
+            timings.append({"notebook": nb_name, "wall_s": round(time.time() - t, 1),
+                            "cpu_s": round(_cpu_seconds() - cpu, 1)})
         except NotebookFailed as e:
             status = 1
             print(f"[reproduce] FAILED: {e}\n[reproduce] partly executed copy: {e.path} and "
@@ -374,8 +377,37 @@ def main(argv: list[str] | None = None) -> int:
         index = write_site(out_dir, args.profile, overrides=overrides, name=name)
         print(f"[reproduce] report site: {index}", flush=True)
     verdict = "failed" if status else "all done"
-    print(f"[reproduce] {verdict} in {_clock(time.time() - t_all)}; reports in {out_dir}", flush=True)
+    wall, cpu = time.time() - t_all, _cpu_seconds() - cpu_all
+    write_timing(out_dir, timings, wall, cpu, complete=not status and todo == list(NOTEBOOKS))
+    print(f"[reproduce] {verdict} in {_clock(wall)} (CPU time {_clock(cpu)}, {cpu / max(wall, 1e-9):.2f}x wall on "
+          f"{os.cpu_count()} cores); reports in {out_dir}", flush=True)
     return status
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of every finished child (kernels, their workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def write_timing(out_dir: Path, timings: list[dict], wall: float, cpu: float, complete: bool) -> Path:
+    """``reports/<name>/timing.json``: wall and CPU seconds per notebook and in all (read by bench/bench_reproduce.py
+    and the README). CPU time counts finished child processes, so a notebook's workers count once they exit."""
+    import json
+    import platform
+
+    out = Path(out_dir) / "timing.json"
+    data = {"notebooks": timings, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "cpu_over_wall": round(cpu / max(wall, 1e-9), 2), "cores": os.cpu_count(), "complete": complete,
+            "machine": platform.processor() or platform.machine(), "load_avg_end": [round(x, 2) for x in
+                                                                                  os.getloadavg()],
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return out
 
 
 if __name__ == "__main__":
