@@ -2,7 +2,9 @@
 
 ``make reproduce`` writes executed copies to ``reports/<name>/NN_*.ipynb``; papermill records each notebook's
 and each cell's duration in their metadata. This reads them (nothing is rerun: the whole sandbox reproduce takes
-about 20 minutes on 2 cores) and records per-notebook seconds, the total and the slowest cells. When no executed
+tens of minutes on 2 cores) and records per-notebook seconds, the total and the slowest cells, and the whole run's
+wall and CPU time from ``timing.json`` (written by ``cft_utils.reproduce``; CPU time >= 1.7x wall means both cores
+were busy). When no executed
 notebooks are present it says so, and bench/RESULTS.md says so too.
 
     .venv/bin/python bench/bench_reproduce.py                      # reports/sandbox
@@ -60,6 +62,12 @@ def main() -> None:
         payload = {"available": True, "reports": str(args.reports), "git_commit_of_reports": commit,
                    "written": datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds"),
                    "total_s": round(total, 1), "notebooks": rows}
+        timing = args.reports / "timing.json"  # written by cft_utils.reproduce: wall and CPU time of the whole run
+        if timing.exists():
+            t = json.loads(timing.read_text(encoding="utf-8"))
+            payload["timing"] = t
+            print(f"  whole run: {t['wall_s']} s wall, {t['cpu_s']} s CPU ({t['cpu_over_wall']}x wall, "
+                  f"{t['cores']} cores, complete={t['complete']})")
     else:
         print(f"[bench] reproduce: no executed notebooks in {args.reports} (run `make reproduce` first); "
               "nothing rerun", flush=True)

@@ -149,10 +149,19 @@ def render(quick: bool, runs: list[dict] | None, command: str) -> Path:
             lines.append(f"| {nb['notebook']} | {nb['seconds']} | {nb['status']} | "
                          + (f"{slow['seconds']} s: `{slow['source']}`" if slow else "") + " |")
         lines.append(f"| **total** | **{rep['total_s']}** | | |")
+        t = rep.get("timing")
+        if t:
+            per = {n["notebook"].removesuffix(".ipynb"): n for n in t.get("notebooks", [])}
+            lines += ["", f"Whole run (`reports/<name>/timing.json`): **{t['wall_s'] / 60:.1f} min wall, "
+                      f"{t['cpu_s'] / 60:.1f} min CPU time = {t['cpu_over_wall']}x wall** on {t['cores']} cores "
+                      f"(target: >= 1.7x, both cores busy; {'every notebook' if t['complete'] else 'NOT every notebook'}"
+                      f"; load average at the end {t.get('load_avg_end')}). Per notebook, CPU/wall: "
+                      + ", ".join(f"{k[:2]} {v['cpu_s'] / max(v['wall_s'], 1e-9):.2f}x" for k, v in per.items())
+                      + "."]
     else:
         where = rep["reports"] if rep else "reports/sandbox"
-        lines.append(f"No executed notebooks were found in `{where}`: run `make reproduce` (about 20 minutes on 2 "
-                     "cores), then `make bench` (or `.venv/bin/python bench/run_all.py --render` after "
+        lines.append(f"No executed notebooks were found in `{where}`: run `make reproduce` (README: measured time), "
+                     "then `make bench` (or `.venv/bin/python bench/run_all.py --render` after "
                      "`bench/bench_reproduce.py`) to fill this table. `make bench` does not rerun it.")
     lines += ["", WHEN_TO_PACK]
     out = REPO / "bench" / "RESULTS.md"

@@ -286,3 +286,56 @@ def describe(claims: pd.DataFrame) -> list[str]:
         out.append(f"Claim {int(r.claim)} ({CLAIMS[int(r.claim)].lower()}), {r.cell}: {r.measure} = {r.estimate:+.3f}, "
                    f"{iv}, {extent}: {r.verdict}.")
     return out
+
+
+# ------------------------------------------------------------------------------------------ precision budget
+
+PRECISION_COLUMNS = ["cell", "measure", "benchmark", "n_seeds", "n_items", "var_seed", "var_item", "var_residual"]
+
+
+def precision_components(items: pd.DataFrame) -> pd.DataFrame:
+    """Per Phase 2 cell, measure (ΔTA_avg, ΔLA_avg: P2 − P1) and benchmark, the variance components of the paired
+    differences over seeds and items (:func:`cft_utils.analysis.intervals.variance_components`): what
+    :func:`projected_widths` extrapolates to more seeds or items."""
+    from .intervals import difference_components
+
+    rows = []
+    for model, p1, p2 in _cells(items):
+        groups = {"P1": _select(items, model, p1, p2, checkpoint="P1", strategy="none"),
+                  "P2": _select(items, model, p1, p2, checkpoint="P2", strategy="none")}
+        for suite, measure in (("ta", "ΔTA_avg (P2 − P1)"), ("la", "ΔLA_avg (P2 − P1)")):
+            scores = scores_for(items, suite, groups)
+            if not scores:
+                continue
+            for bench, c in difference_components(scores, "P2", "P1").items():
+                rows.append({"cell": cell_name(model, p1, p2), "measure": measure, "benchmark": bench,
+                             "n_seeds": c.n_seeds, "n_items": c.n_items, "var_seed": c.seed, "var_item": c.item,
+                             "var_residual": c.residual})
+    return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
+
+
+def projected_widths(precision: pd.DataFrame, seeds: Sequence[int], item_factors: Sequence[float],
+                     level: float = 0.95) -> pd.DataFrame:
+    """95 % half-widths each cell's measure would have with ``seeds`` training seeds and ``item_factors`` times the
+    test items (normal approximation from the variance components; at today's sizes it is a little narrower than
+    the bootstrap interval, which counts the seed-by-item interaction twice)."""
+    from .intervals import Components, projected_half_width
+
+    rows = []
+    for (cell, measure), g in precision.groupby(["cell", "measure"], sort=False):
+        comps = {r.benchmark: Components(r.var_seed, r.var_item, r.var_residual, int(r.n_seeds), int(r.n_items))
+                 for r in g.itertuples()}
+        for s in seeds:
+            for f in item_factors:
+                rows.append({"cell": cell, "measure": measure, "n_seeds": s, "item_factor": f,
+                             "half_width": projected_half_width(comps, s, f, level)})
+    return pd.DataFrame(rows, columns=["cell", "measure", "n_seeds", "item_factor", "half_width"])
+
+
+def grid_precision(cfg) -> pd.DataFrame:
+    """:func:`precision_components` for every Phase 2 cell of the grid, from the evaluation caches."""
+    from ..evaluation.items import item_scores
+    from ..evaluation.runner import plan_cells
+
+    items = item_scores(cfg, [r for r in plan_cells(cfg) if r.phase == 2], ["ta", "la"])
+    return precision_components(items) if not items.empty else pd.DataFrame(columns=PRECISION_COLUMNS)

@@ -158,3 +158,66 @@ def verdict_kept(iv: Interval, margin: float) -> str:
     if iv.high < -margin:
         return FAILS
     return INCONCLUSIVE
+
+
+# ------------------------------------------------------------------------------------- what more data would buy
+
+
+@dataclass(frozen=True)
+class Components:
+    """Variance components of one benchmark's paired differences ``d[seed, item]`` (two-way crossed random
+    effects, estimated from the ANOVA mean squares and clipped at 0): ``seed`` (how much a seed's mean moves),
+    ``item`` (how much an item's mean moves) and ``residual`` (seed-by-item interaction and noise)."""
+
+    seed: float
+    item: float
+    residual: float
+    n_seeds: int
+    n_items: int
+
+    def variance_of_mean(self, n_seeds: int, n_items: float) -> float:
+        """Variance of the mean difference with ``n_seeds`` seeds and ``n_items`` items."""
+        return self.seed / n_seeds + self.item / n_items + self.residual / (n_seeds * n_items)
+
+
+def variance_components(d) -> Components:
+    """:class:`Components` of a (seeds, items) array of paired differences (one seed: the seed component is 0 and
+    the item component holds everything, as one seed cannot tell them apart)."""
+    d = _as_2d(d)
+    s, i = d.shape
+    if i < 2:
+        raise ValueError(f"variance components need at least 2 items, got {i}")
+    grand = d.mean()
+    if s == 1:
+        return Components(0.0, float(d.var(ddof=1)), 0.0, 1, i)
+    row, col = d.mean(1), d.mean(0)
+    ms_seed = i * ((row - grand) ** 2).sum() / (s - 1)
+    ms_item = s * ((col - grand) ** 2).sum() / (i - 1)
+    ms_res = ((d - row[:, None] - col[None, :] + grand) ** 2).sum() / ((s - 1) * (i - 1))
+    return Components(max(0.0, (ms_seed - ms_res) / i), max(0.0, (ms_item - ms_res) / s), float(ms_res), s, i)
+
+
+def projected_half_width(components: Mapping[str, Components], n_seeds: int, item_factor: float = 1.0,
+                         level: float = 0.95) -> float:
+    """Normal-approximation half-width of the mean over benchmarks of the mean differences, with ``n_seeds``
+    seeds and ``item_factor`` times each benchmark's items (what a bigger test set or more seeds would give)."""
+    from scipy import stats
+
+    if not components:
+        return float("nan")
+    var = sum(c.variance_of_mean(n_seeds, c.n_items * item_factor) for c in components.values())
+    return float(stats.norm.ppf(0.5 + level / 2) * np.sqrt(var) / len(components))
+
+
+def difference_components(scores: Scores, a: str, b: str) -> dict[str, Components]:
+    """Per benchmark, the :class:`Components` of ``a − b`` (paired over seeds and items; a checkpoint that exists
+    once is the same in every seed). Benchmarks with fewer than 2 items are left out (no item variance)."""
+    benches, n_items, n_seeds = check_scores(scores)
+    out = {}
+    for bench in benches:
+        if n_items[bench] < 2:
+            continue
+        xa = np.broadcast_to(_as_2d(scores[a][bench]), (n_seeds, _as_2d(scores[a][bench]).shape[1]))
+        xb = np.broadcast_to(_as_2d(scores[b][bench]), (n_seeds, _as_2d(scores[b][bench]).shape[1]))
+        out[bench] = variance_components(xa - xb)
+    return out

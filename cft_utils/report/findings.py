@@ -48,15 +48,26 @@ def take_snapshot(cfg, runtime_s: float | None = None) -> Path:
     src = results_dir(cfg) / "claims.csv"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no claims yet; run `make reproduce PROFILE={cfg.profile}` first")
+    from ..analysis.claims import grid_precision
+    from ..paths import reports_dir
+    from .budget import measured_costs
+
     out = snapshot_dir(cfg.output_name)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, out / "claims.csv")
+    timing_file = reports_dir(cfg) / "timing.json"
+    timing = read_json(timing_file) if timing_file.exists() else None
+    if runtime_s is None and timing and timing.get("complete"):
+        runtime_s = timing["wall_s"]
+    precision = grid_precision(cfg)
     write_json(out / "meta.json", {
         "profile": cfg.profile, "output_name": cfg.output_name, "overrides": cfg.overrides,
         "seeds": cfg.training_seeds, "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--", "cft_utils", "params", "notebooks")),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s})
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s,
+        "timing": timing, "costs": measured_costs(cfg),
+        "precision": json.loads(precision.to_json(orient="records", force_ascii=False))})
     return out
 
 
@@ -92,6 +103,16 @@ def render(claims: pd.DataFrame, meta: dict) -> str:
         half = ((widths["ci_high"] - widths["ci_low"]) / 2)
         lines += ["", f"Interval half-width of the P1 → P2 task-ability differences (claims 1-2): {half.min():.3f} to "
                   f"{half.max():.3f} (target: 0.03)."]
+    timing = meta.get("timing")
+    if timing:
+        lines += ["", f"`make reproduce` of this snapshot: {timing['wall_s'] / 60:.1f} min wall, "
+                  f"{timing['cpu_s'] / 60:.1f} min CPU time ({timing['cpu_over_wall']:.2f}x wall on {timing['cores']} "
+                  "cores), per notebook: " + ", ".join(f"{n['notebook'][:2]} {n['wall_s'] / 60:.1f}"
+                                                       for n in timing.get("notebooks", [])) + " min."]
+    if meta.get("precision"):
+        from .budget import render_budget
+
+        lines += render_budget(pd.DataFrame(meta["precision"]), meta.get("costs"), timing)
     return "\n".join(lines) + "\n"
 
 
