@@ -44,9 +44,9 @@ reproduce: setup ## Execute the notebooks with papermill for PROFILE (SET=overri
 findings: setup ## After make reproduce: snapshot results/PROFILE/claims.csv into data/findings/ and regenerate the README's findings
 	$(PY) -m cft_utils.report.findings --profile $(PROFILE) --snapshot
 
-robustness: setup ## Verdicts under another world seed and a more English pre-training (two more sandbox reproduces, ~2x its time)
-	$(PY) -m cft_utils.reproduce --profile $(PROFILE) --set sandbox.seed=4321
-	$(PY) -m cft_utils.reproduce --profile $(PROFILE) --set sandbox.english_share=0.8
+robustness: setup ## Verdicts under another world seed and a more English pre-training (two more sandbox reproduces, ~2x its time; ONLY= as for reproduce)
+	$(PY) -m cft_utils.reproduce --profile $(PROFILE) --set sandbox.seed=4321 $(if $(strip $(ONLY)),--only $(ONLY))
+	$(PY) -m cft_utils.reproduce --profile $(PROFILE) --set sandbox.english_share=0.8 $(if $(strip $(ONLY)),--only $(ONLY))
 	$(PY) -m cft_utils.report.robustness --profile $(PROFILE) --variant sandbox.seed=4321 --variant sandbox.english_share=0.8
 
 test: setup ## Run the whole test suite (what CI runs)
