@@ -508,3 +508,56 @@ def rouge_tokenizer_report(cfg: ExperimentConfig, out_dir: Path | None = None, p
         ["default_token_share", "perfect_default", "rougeL_default", "rougeL_unicode"]].mean()
     return RougeTokenizerReport(comparison, by_language, scripts, rouge_tokenizer_note(comparison, path, scripts),
                                 paths)
+
+
+def seed_spread(cfg: ExperimentConfig, tidy: pd.DataFrame, k: float = 3.0, min_gap: float = 0.05,
+                strategy: str = "none") -> pd.DataFrame:
+    """Seeds that move a benchmark far more than its test items can explain, per trained checkpoint.
+
+    For every (cell, checkpoint, benchmark) with three or more training seeds, each seed's headline value (the mean
+    over the benchmark's languages) is compared with the median over the seeds (robust to the one that collapsed).
+    ``gap_se`` is that gap in standard errors (the seed's item standard error and the median one, combined). A seed is ``flagged``
+    when ``|gap_se| > k`` and ``|gap| >= min_gap``: its run learned something different (a collapse, or an outlier
+    upwards), which a mean over seeds would hide. Off-the-shelf checkpoints (one model for every seed) are left
+    out."""
+    keys = CELL + ["benchmark"]
+    t = tidy[(tidy["strategy"] == strategy) & tidy["seed"].notna()]
+    per_seed = []
+    for name, spec in cfg.evaluation.benchmarks.items():
+        sub = t[(t["benchmark"] == name) & (t["metric"] == spec.metric)]
+        for key, g in sub.groupby(keys + ["seed"], dropna=False, sort=False):
+            g = g.drop_duplicates("language")
+            se = math.sqrt(float((g["stderr"].fillna(0.0) ** 2).sum())) / len(g)
+            per_seed.append({**dict(zip(keys + ["seed"], key, strict=True)), "value": float(g["value"].mean()),
+                             "stderr": se, "run_id": g["run_id"].iloc[0], "n_languages": len(g)})
+    rows = []
+    if per_seed:
+        frame = pd.DataFrame(per_seed)
+        for key, g in frame.groupby(keys, dropna=False, sort=False):
+            if len(g) < 3 or g["run_id"].nunique() < len(g):  # fewer than 3 seeds, or one model shared by all
+                continue
+            med, med_se = float(g["value"].median()), float(g["stderr"].median())
+            for r in g.itertuples():
+                se = math.hypot(r.stderr, med_se)
+                gap = r.value - med
+                rows.append({**dict(zip(keys, key, strict=True)), "seed": int(float(r.seed)), "value": r.value,
+                             "median": med, "gap": gap, "gap_se": gap / se if se > 0 else math.nan,
+                             "flagged": bool(se > 0 and abs(gap) > k * se and abs(gap) >= min_gap)})
+    cols = keys + ["seed", "value", "median", "gap", "gap_se", "flagged"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def with_answer_language(spread: pd.DataFrame, probe: pd.DataFrame | None, language: str = "en") -> pd.DataFrame:
+    """``spread`` with ``in_language``: the share of the seed's greedy answers to ``language`` prompts that came in
+    that language (the sandbox probe of notebook 02, averaged over task families); missing without a probe. A seed
+    whose benchmark collapsed and whose answers left English points at answer-language drift."""
+    out = spread.copy()
+    out["in_language"] = math.nan
+    if probe is None or probe.empty or out.empty:
+        return out
+    p = probe[(probe["language"] == language) & (probe["strategy"] == "none")].copy()
+    p["seed"] = pd.to_numeric(p["seed"], errors="coerce")
+    share = p.groupby(CELL + ["seed"], dropna=False)["in_language"].mean()
+    out["in_language"] = [share.get((r.model, r.phase1_data, r.phase2_data, r.checkpoint, float(r.seed)), math.nan)
+                          for r in out.itertuples()]
+    return out
