@@ -43,8 +43,9 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def take_snapshot(cfg, runtime_s: float | None = None) -> Path:
-    """Copy ``results/<name>/claims.csv`` into ``data/findings/<name>/`` with where it came from."""
+def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None) -> Path:
+    """Copy ``results/<name>/claims.csv`` into ``data/findings/<name>/`` with where it came from: the commit the
+    results were made with (``commit``, else the one ``make reproduce`` recorded in ``timing.json``, else HEAD)."""
     src = results_dir(cfg) / "claims.csv"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no claims yet; run `make reproduce PROFILE={cfg.profile}` first")
@@ -62,7 +63,8 @@ def take_snapshot(cfg, runtime_s: float | None = None) -> Path:
     precision = grid_precision(cfg)
     write_json(out / "meta.json", {
         "profile": cfg.profile, "output_name": cfg.output_name, "overrides": cfg.overrides,
-        "seeds": cfg.training_seeds, "commit": _git("rev-parse", "--short", "HEAD"),
+        "seeds": cfg.training_seeds,
+        "commit": commit or (timing or {}).get("commit") or _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--", "cft_utils", "params", "notebooks")),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s,
@@ -160,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--snapshot", action="store_true", help="copy results/<name>/claims.csv into data/findings/")
     ap.add_argument("--runtime", type=float, default=None, help="seconds `make reproduce` took (recorded)")
+    ap.add_argument("--commit", default=None, help="the commit the results were made with (default: the one "
+                    "reports/<name>/timing.json names, else HEAD)")
     args = ap.parse_args(argv)
     cfg = load_config(args.profile, parse_set(args.set))
     if args.snapshot:
-        print(f"snapshot: {take_snapshot(cfg, args.runtime)}")
+        print(f"snapshot: {take_snapshot(cfg, args.runtime, args.commit)}")
     print(f"README findings rewritten from data/findings/{cfg.output_name}/: {write_readme(cfg.output_name)}")
     return 0
 
