@@ -12,8 +12,9 @@ from cft_utils.report import findings
 def test_readme_findings_equal_the_generator_output_for_the_committed_snapshot():
     text = findings.README.read_text(encoding="utf-8")
     section = findings.readme_section(text)
-    claims, meta = findings.read_snapshot(findings.snapshot_name(section))
-    assert section == findings.render(claims, meta)
+    name = findings.snapshot_name(section)
+    claims, meta = findings.read_snapshot(name)
+    assert section == findings.render(claims, meta, findings.read_robustness(name))
     assert len(claims) and set(claims["verdict"]) <= {"holds", "fails", "inconclusive"}
 
 
@@ -36,3 +37,18 @@ def test_write_readme_needs_the_markers(tmp_path, monkeypatch):
     readme.write_text("# x\nno markers\n")
     with pytest.raises(ValueError, match="no findings markers"):
         findings.write_readme("sandbox", readme)
+
+
+def test_render_reports_the_robustness_comparison_and_every_changed_verdict():
+    from cft_utils.report import robustness
+
+    base = pd.DataFrame([{"claim": c, "cell": cell, "measure": "m", "estimate": 0.0, "ci_low": -0.1, "ci_high": 0.1,
+                          "n_seeds": 3, "n_items": 100, "verdict": v}
+                         for c, cell, v in [(1, "a", "holds"), (2, "b", "holds"), (5, "c", "holds")]], columns=COLUMNS)
+    variant = base[base.claim < 5].assign(verdict=["holds", "inconclusive"])
+    table = robustness.compare_tables(base, {"sandbox.english_share=0.8": variant})
+    meta = {"output_name": "x", "commit": "abc", "seeds": [1, 2, 3], "machine": "m", "date": "d"}
+    out = findings.render(base, meta, table)
+    assert "`sandbox.english_share=0.8`" in out and "1 of 2 compared claims rows keep their verdict" in out
+    assert "verdict changed: claim 2, b, m: default: holds, sandbox.english_share=0.8: inconclusive" in out
+    assert "claims 5) not compared" in out

@@ -61,6 +61,11 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
     if runtime_s is None and timing and timing.get("complete"):
         runtime_s = timing["wall_s"]
     precision = grid_precision(cfg)
+    robust = results_dir(cfg) / "robustness.csv"  # make robustness's comparison, when it has been run
+    if robust.exists():
+        shutil.copyfile(robust, out / "robustness.csv")
+    else:
+        (out / "robustness.csv").unlink(missing_ok=True)
     write_json(out / "meta.json", {
         "profile": cfg.profile, "output_name": cfg.output_name, "overrides": cfg.overrides,
         "seeds": cfg.training_seeds,
@@ -73,8 +78,9 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
     return out
 
 
-def render(claims: pd.DataFrame, meta: dict) -> str:
-    """The findings section (Markdown) from a claims table and its provenance."""
+def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = None) -> str:
+    """The findings section (Markdown) from a claims table, its provenance and (optionally) the robustness
+    comparison of ``make robustness``."""
     over = meta.get("overrides") or {}
     lines = [f"Generated from `data/findings/{meta['output_name']}/claims.csv`: commit `{meta.get('commit')}`"
              + (" (with uncommitted changes)" if meta.get("dirty") else "")
@@ -115,6 +121,18 @@ def render(claims: pd.DataFrame, meta: dict) -> str:
         from .budget import render_budget
 
         lines += render_budget(pd.DataFrame(meta["precision"]), meta.get("costs"), timing)
+    if robustness is not None and len(robustness):
+        from .robustness import summary
+
+        variants = [c.removeprefix("verdict (").removesuffix(")") for c in robustness.columns
+                    if c.startswith("verdict (") and c != "verdict (default)"]
+        lines += ["", f"Other world assumptions (`make robustness`: {', '.join(f'`{v}`' for v in variants)}; "
+                  f"`data/findings/{meta['output_name']}/robustness.csv`): {summary(robustness)}."]
+        changed = robustness[robustness["same_verdicts"].eq(False)]
+        for _, r in changed.iterrows():
+            verdicts = ", ".join(f"{c.removeprefix('verdict (').removesuffix(')')}: {r[c]}"
+                                 for c in robustness.columns if c.startswith("verdict ("))
+            lines.append(f"  - verdict changed: claim {int(r['claim'])}, {r['cell']}, {r['measure']}: {verdicts}")
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +144,16 @@ def read_snapshot(name: str) -> tuple[pd.DataFrame, dict]:
     if missing:
         raise ValueError(f"{d / 'claims.csv'}: missing column(s) {missing}")
     return claims, read_json(d / "meta.json")
+
+
+def read_robustness(name: str) -> pd.DataFrame | None:
+    """The snapshot's robustness comparison (None when ``make robustness`` was not run for it)."""
+    path = snapshot_dir(name) / "robustness.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    table["same_verdicts"] = table["same_verdicts"].astype("boolean")
+    return table
 
 
 def snapshot_name(section: str) -> str:
@@ -149,8 +177,9 @@ def write_readme(name: str, readme: Path = README) -> Path:
     text = readme.read_text(encoding="utf-8")
     readme_section(text)  # the markers must be there
     claims, meta = read_snapshot(name)
-    new = re.sub(re.escape(START) + r"\n.*?" + re.escape(END), lambda _: f"{START}\n{render(claims, meta)}{END}",
-                 text, flags=re.S)
+    section = render(claims, meta, read_robustness(name))
+    new = re.sub(re.escape(START) + r"\n.*?" + re.escape(END), lambda _: f"{START}\n{section}{END}", text,
+                 flags=re.S)
     return write_text(readme, new)
 
 
