@@ -33,11 +33,12 @@ def measured_costs(cfg) -> dict:
 
     plan = plan_runs(cfg)
     runs = plan.all() + plan_mitigations(cfg, plan)
-    n_seeds = max(1, len(cfg.training_seeds))
+    seeds = set(cfg.training_seeds)
+    n_seeds = max(1, len(seeds))
     out = {"train_s_per_seed": 0.0, "eval_s_per_seed": 0.0, "train_s_once": 0.0, "eval_s_once": 0.0,
            "n_runs": 0, "n_seeds": n_seeds}
     for run in runs:
-        each = "per_seed" if run.seed is not None else "once"
+        each = "per_seed" if run.seed in seeds else "once"  # the Instruct model is built once, at the profile seed
         summary = Path(run.dir) / "summary.json"
         if summary.exists():
             out[f"train_s_{each}"] += float(json.loads(summary.read_text()).get("runtime_s") or 0.0)
@@ -67,7 +68,7 @@ def projected_minutes(costs: dict, timing: dict, n_seeds: int, item_factor: floa
 
 
 def budget_table(precision: pd.DataFrame, costs: dict | None, timing: dict | None,
-                 seeds: Sequence[int] = (3, 5, 10), item_factors: Sequence[float] = (1, 2, 4),
+                 seeds: Sequence[int] = (1, 2, 3, 5, 10), item_factors: Sequence[float] = (1, 2, 4),
                  measure: str = "ΔTA_avg (P2 − P1)") -> pd.DataFrame:
     """One row per (seeds, item factor): the widest and narrowest projected half-width of ``measure`` over the
     cells, and the projected `make reproduce` minutes (missing without costs and timing)."""
@@ -88,7 +89,9 @@ def render_budget(precision: pd.DataFrame, costs: dict | None, timing: dict | No
     lines = ["", "What more compute would buy (projected from this run's variance components over seeds and test "
              "items, and its measured costs; `cft_utils.report.budget`): the 95 % half-width of the P1 → P2 "
              "task-ability difference, widest and narrowest over the cells, and the minutes `make reproduce` would "
-             "take on the same machine.", "",
+             "take on the same machine. More test items means more generated items for every benchmark but the "
+             "MMLU-like one, which already asks every fact of the world (the projection scales it too: read the "
+             "item columns as an upper bound on what items buy).", "",
              "| training seeds | test items | half-width (widest cell) | half-width (narrowest cell) | minutes |",
              "|---|---|---|---|---|"]
     for r in table.itertuples():
