@@ -66,6 +66,8 @@ def main() -> None:
         if timing.exists():
             t = json.loads(timing.read_text(encoding="utf-8"))
             payload["timing"] = t
+            if t.get("commit"):  # the commit that ran, rather than the checkout's HEAD now
+                payload["git_commit_of_reports"] = t["commit"]
             print(f"  whole run: {t['wall_s']} s wall, {t['cpu_s']} s CPU ({t['cpu_over_wall']}x wall, "
                   f"{t['cores']} cores, complete={t['complete']})")
     else:
