@@ -52,3 +52,15 @@ def test_render_reports_the_robustness_comparison_and_every_changed_verdict():
     assert "`sandbox.english_share=0.8`" in out and "1 of 2 compared claims rows keep their verdict" in out
     assert "verdict changed: claim 2, b, m: default: holds, sandbox.english_share=0.8: inconclusive" in out
     assert "claims 5) not compared" in out
+
+
+def test_render_shows_what_the_instrument_sees_and_names_benchmarks_at_the_floor():
+    table = pd.DataFrame([
+        {"phase1_data": "a", "phase2_data": "x", "checkpoint": "P1", "IFEval": 0.4, "MLQA": 0.0, "XLSum": 0.05,
+         "English answers in English": 1.0},
+        {"phase1_data": "a", "phase2_data": "x", "checkpoint": "P2", "IFEval": 0.3, "MLQA": 0.1,
+         "XLSum": float("nan"), "English answers in English": 0.6}])
+    out = "\n".join(findings.render_instrument(table))
+    assert "| a | x | P2 | 0.300 | 0.100 | missing | 0.600 |" in out
+    assert "At the floor before Phase 2" in out and ": MLQA." in out
+    assert findings.render_instrument(pd.DataFrame()) == []

@@ -61,6 +61,7 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
     if runtime_s is None and timing and timing.get("complete"):
         runtime_s = timing["wall_s"]
     precision = grid_precision(cfg)
+    instrument = instrument_summary(cfg)
     robust = results_dir(cfg) / "robustness.csv"  # make robustness's comparison, when it has been run
     if robust.exists():
         shutil.copyfile(robust, out / "robustness.csv")
@@ -74,8 +75,34 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s,
         "timing": timing, "costs": measured_costs(cfg),
-        "precision": json.loads(precision.to_json(orient="records", force_ascii=False))})
+        "precision": json.loads(precision.to_json(orient="records", force_ascii=False)),
+        "instrument": json.loads(instrument.to_json(orient="records", force_ascii=False))})
     return out
+
+
+FLOOR = 0.02  # a benchmark whose Phase 1 mean is below this in every cell cannot show a loss, only a gain
+
+
+def instrument_summary(cfg) -> pd.DataFrame:
+    """Per Phase 2 cell and checkpoint (P1, P2): each benchmark's headline score averaged over seeds and languages,
+    and (sandbox) the share of answers to English prompts that came in English (notebook 02's probe). What the
+    instrument can see: a benchmark at the floor before Phase 2, or answers that left English after it."""
+    res = results_dir(cfg)
+    path = res / "evaluation.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    ev = pd.read_csv(path)
+    metric = {name: b.metric for name, b in cfg.evaluation.benchmarks.items()}
+    ev = ev[(ev["strategy"] == "none") & (ev["metric"] == ev["benchmark"].map(metric))]
+    keys = ["phase1_data", "phase2_data", "checkpoint"]
+    table = ev.pivot_table(index=keys, columns="benchmark", values="value", aggfunc="mean")
+    table = table[[b for b in metric if b in table.columns]]
+    probe = res / "sandbox_probe.csv"
+    if probe.exists():
+        p = pd.read_csv(probe)
+        p = p[(p["language"] == "en") & (p["strategy"] == "none")]
+        table["English answers in English"] = p.groupby(keys)["in_language"].mean()
+    return table.reset_index()
 
 
 def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = None) -> str:
@@ -117,6 +144,8 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
                   f"{timing['cpu_s'] / 60:.1f} min CPU time ({timing['cpu_over_wall']:.2f}x wall on {timing['cores']} "
                   "cores), per notebook: " + ", ".join(f"{n['notebook'][:2]} {n['wall_s'] / 60:.1f}"
                                                        for n in timing.get("notebooks", [])) + " min."]
+    if meta.get("instrument"):
+        lines += render_instrument(pd.DataFrame(meta["instrument"]))
     if meta.get("precision"):
         from .budget import render_budget
 
@@ -134,6 +163,26 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
                                  for c in robustness.columns if c.startswith("verdict ("))
             lines.append(f"  - verdict changed: claim {int(r['claim'])}, {r['cell']}, {r['measure']}: {verdicts}")
     return "\n".join(lines) + "\n"
+
+
+def render_instrument(table: pd.DataFrame) -> list[str]:
+    """Markdown lines: what the instrument saw, per cell and checkpoint (means over seeds and languages)."""
+    if table.empty:
+        return []
+    keys = ["phase1_data", "phase2_data", "checkpoint"]
+    cols = [c for c in table.columns if c not in keys]
+    lines = ["", "What the instrument sees (headline scores averaged over seeds and languages; the last column is "
+             "the share of the probe's answers to English prompts that came in English):", "",
+             "| Phase 1 | Phase 2 | checkpoint | " + " | ".join(cols) + " |", "|---" * (3 + len(cols)) + "|"]
+    for _, r in table.iterrows():
+        vals = [f"{r[c]:.3f}" if r[c] == r[c] else "missing" for c in cols]
+        lines.append(f"| {r['phase1_data']} | {r['phase2_data']} | {r['checkpoint']} | " + " | ".join(vals) + " |")
+    p1 = table[table["checkpoint"] == "P1"]
+    floor = [c for c in cols if c != "English answers in English" and len(p1) and (p1[c] < FLOOR).all()]
+    if floor:
+        lines += ["", f"At the floor before Phase 2 (Phase 1 mean below {FLOOR} in every cell, so they can show a gain "
+                  f"but no loss): {', '.join(floor)}."]
+    return lines
 
 
 def read_snapshot(name: str) -> tuple[pd.DataFrame, dict]:
