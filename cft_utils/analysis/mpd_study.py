@@ -201,8 +201,22 @@ def all_mpd_orderings(mpd: pd.DataFrame) -> pd.DataFrame:
 
 def train_references(cfg) -> tuple[object, list]:
     """(config, runs) of :func:`reference_runs` for the profile's ``analysis.mpd.reference_data``, each trained
-    unless it is done (a content-addressed run: trained once, skipped afterwards)."""
+    unless it is done (a content-addressed run: trained once, skipped afterwards).
+
+    Several unfinished references go through the grid executor (``cft_utils.executor``: a pool of workers on a
+    laptop, submitit on a cluster), planned from the parameter file with the reference sets added to
+    ``grid.phase1``, the same runs (checked by run id) the workers can find; otherwise they train here, in turn."""
     ref_cfg, refs = reference_runs(cfg, cfg.analysis.mpd.reference_data)
+    todo = [r for r in refs if not r.done()]
+    if len(todo) > 1 and cfg.source_file:
+        from ..config import load_config
+        from ..executor import execute_runs
+
+        pool_cfg = load_config(cfg.source_file, {**cfg.overrides, "grid.phase1": list(ref_cfg.grid.phase1)})
+        planned = {r.name: r for r in plan_runs(pool_cfg).phase1}
+        if all(r.name in planned and planned[r.name].run_id == r.run_id for r in refs):
+            execute_runs(pool_cfg, [planned[r.name] for r in refs])
+            return ref_cfg, refs
     for run in refs:
         print(f"{run.name} ({run.run_id})")
         execute(run, ref_cfg)
