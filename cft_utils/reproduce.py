@@ -392,32 +392,21 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _commit() -> str | None:
-    """The short commit of the code that ran (None outside a git checkout)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001 (timing without a commit is still timing)
-        return None
-
-
 def write_timing(out_dir: Path, timings: list[dict], wall: float, cpu: float, complete: bool) -> Path:
     """``reports/<name>/timing.json``: wall and CPU seconds per notebook and in all (read by bench/bench_reproduce.py
     and the README). CPU time counts finished child processes, so a notebook's workers count once they exit."""
-    import json
     import platform
+
+    from .io import write_json
+    from .runs import git
 
     out = Path(out_dir) / "timing.json"
     data = {"notebooks": timings, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "cpu_over_wall": round(cpu / max(wall, 1e-9), 2), "cores": os.cpu_count(), "complete": complete,
             "machine": platform.processor() or platform.machine(), "load_avg_end": [round(x, 2) for x in
                                                                                   os.getloadavg()],
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": _commit()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git("rev-parse", "--short", "HEAD") or None}
+    write_json(out, data)
     return out
 
 

@@ -161,11 +161,12 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def _git(*args: str) -> str | None:
+def git(*args: str) -> str | None:
+    """``git <args>`` in the project's checkout: its stripped output, or None (no git, not a checkout, an error)."""
     try:
         return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
-    except Exception:
+    except Exception:  # noqa: BLE001 (provenance without a commit is still provenance)
         return None
 
 
@@ -194,9 +195,9 @@ def provenance(seed: int | None = None, **extra) -> dict[str, Any]:
             hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception:  # provenance must never break a run
         pass
-    status = _git("status", "--porcelain")
+    status = git("status", "--porcelain")
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "packages": versions,
         "seed": seed,

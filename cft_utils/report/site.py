@@ -16,13 +16,13 @@ import html
 import json
 import re
 import shutil
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..io import apply_umask, write_text
 from ..paths import PROJECT_ROOT
+from ..runs import git
 
 PAPER_STEM = re.compile(r"^(table|fig)([A-Z]?)(\d+)(?:_.*)?$")
 ASSET_EXTS = (".png", ".pdf", ".svg", ".csv", ".md", ".tex", ".json")
@@ -134,14 +134,6 @@ def maker(stem: str, files: list[Path], notebooks: list[dict[str, Any]]) -> dict
     return None
 
 
-def _git(*args: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if v != v:
@@ -228,8 +220,8 @@ def write_site(report_dir: str | Path, profile: str, overrides: dict | None = No
 
 
 def _meta(profile: str, name: str, overrides: dict | None) -> str:
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain")
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain")
     rows = [("profile", profile), ("output name", name),
             ("overrides", json.dumps(overrides, ensure_ascii=False) if overrides else "none (the profile's defaults)"),
             ("commit", (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")),
