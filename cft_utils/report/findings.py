@@ -52,6 +52,7 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
     timing = read_json(timing_file) if timing_file.exists() else None
     if runtime_s is None and timing and timing.get("complete"):
         runtime_s = timing["wall_s"]
+    made_with = commit or (timing or {}).get("commit")
     precision = grid_precision(cfg)
     instrument = instrument_summary(cfg)
     robust = results_dir(cfg) / "robustness.csv"  # make robustness's comparison, when it has been run
@@ -62,8 +63,9 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
     write_json(out / "meta.json", {
         "profile": cfg.profile, "output_name": cfg.output_name, "overrides": cfg.overrides,
         "seeds": cfg.training_seeds,
-        "commit": commit or (timing or {}).get("commit") or git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--", "cft_utils", "params", "notebooks")),
+        "commit": made_with or git("rev-parse", "--short", "HEAD"),
+        # uncommitted changes only say something about the results when they were made from this checkout's HEAD
+        "dirty": None if made_with else bool(git("status", "--porcelain", "--", "cft_utils", "params", "notebooks")),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s,
         "timing": timing, "costs": measured_costs(cfg),
