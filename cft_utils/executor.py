@@ -307,8 +307,8 @@ def _say(progress: bool, k: int, n: int, status: dict, t0: float) -> None:
     if not progress:
         return
     s = status["status"]
-    what = {"trained": f"ran in {status['seconds']:.0f} s", "reused": "reused", "failed": "FAILED",
-            "skipped": "skipped (a run it needs failed)"}[s]
+    what = (f"ran in {status.get('seconds', 0.0):.0f} s" if s == "trained" else
+            {"reused": "reused", "failed": "FAILED", "skipped": "skipped (a run it needs failed)"}[s])
     print(f"[executor] {k}/{n} {status['name']}: {what} (elapsed {time.time() - t0:.0f} s)", flush=True)
 
 

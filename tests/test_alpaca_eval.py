@@ -303,3 +303,22 @@ def test_transformers_judge_logprobs_match_a_manual_forward(tiny_model_dir, tmp_
     assert v.raw == f"logp(A)={lp_a:.6f} logp(B)={lp_b:.6f}"
     res = AE.evaluate_win_rate(MODEL[:2], REFERENCE, judge, tmp_path / "tj.jsonl")
     assert res.n == 2 and 0.0 <= res.win_rate <= 1.0
+
+
+def test_checkpoints_are_periodic_and_an_interruption_keeps_every_judged_record(tmp_path, monkeypatch):
+    out = tmp_path / "periodic.jsonl"
+    seen = []
+
+    def progress(done, total):
+        seen.append(len(read_jsonl(out)) if out.exists() else 0)
+
+    monkeypatch.setattr(AE, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every record
+    AE.evaluate_win_rate(MODEL, REFERENCE, ScriptedJudge("A"), out, progress=progress)
+    assert seen == [1, 2, 3, 4]
+    out.unlink()
+    seen.clear()
+    monkeypatch.setattr(AE, "CHECKPOINT_SECONDS", 3600.0)  # none within the run: the file appears at the end only
+    with pytest.raises(KeyboardInterrupt):
+        AE.evaluate_win_rate(MODEL, REFERENCE, ScriptedJudge("A", fail_after=5), out, progress=progress)
+    assert seen == [0, 0]  # nothing rewritten while judging ...
+    assert len(read_jsonl(out)) == 2  # ... yet both finished instructions were kept when it was interrupted

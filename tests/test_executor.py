@@ -32,7 +32,7 @@ def test_graph_puts_parents_first_and_the_instruct_model_once():
     assert {t.name for t in tasks} == {r.name for r in plan.all()}
 
 
-def test_a_failed_run_skips_what_needs_it_and_names_it(tmp_path, monkeypatch):
+def test_a_failed_run_skips_what_needs_it_and_names_it(tmp_path, monkeypatch, capsys):
     """Scheduling only: dispatch is replaced by a stand-in that marks runs done (or fails one)."""
     monkeypatch.setenv("CFT_HOME", str(tmp_path))
     cfg = load_config("smoke")
@@ -49,8 +49,11 @@ def test_a_failed_run_skips_what_needs_it_and_names_it(tmp_path, monkeypatch):
     monkeypatch.setattr(executor, "dispatch", fake_dispatch)
     monkeypatch.setattr(executor, "prepare", lambda cfg, runs: None)
     with pytest.raises(executor.ExecutorError) as e:
-        executor.execute_runs(cfg, plan.all(), workers=1, progress=False)
+        executor.execute_runs(cfg, plan.all(), workers=1, progress=True)
     assert "phase1/tiny-llama/alpaca/s7" in str(e.value) and "bad data in alpaca" in str(e.value)
+    out = capsys.readouterr().out  # the progress lines name the failure and what it skipped
+    assert "phase1/tiny-llama/alpaca/s7: FAILED" in out
+    assert "phase2/tiny-llama/alpaca->multialpaca/s7: skipped (a run it needs failed)" in out
     assert "phase2/tiny-llama/alpaca->multialpaca/s7" not in ran  # skipped: its parent failed
     assert "phase2/tiny-llama/openorca->mopenorca/s7" in ran  # the rest still ran
     # a second call reuses every finished run and only retries the failed one (and what needs it)

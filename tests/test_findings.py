@@ -52,6 +52,8 @@ def test_render_reports_the_robustness_comparison_and_every_changed_verdict():
     assert "`sandbox.english_share=0.8`" in out and "1 of 2 compared claims rows keep their verdict" in out
     assert "verdict changed: claim 2, b, m: default: holds, sandbox.english_share=0.8: inconclusive" in out
     assert "claims 5) not compared" in out
+    assert "was not run for this snapshot" in findings.render(base, meta, None)  # said, not left out silently
+    assert "was not run for this snapshot" not in out
 
 
 def test_render_shows_what_the_instrument_sees_and_names_benchmarks_at_the_floor():

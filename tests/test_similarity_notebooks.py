@@ -275,3 +275,23 @@ def test_forgetting_risk_on_the_smoke_grid(smoke_env):
     assert r3.la_mean is None and "missing" in r3.reading
     with pytest.raises(KeyError, match="not in"):
         forgetting.forgetting_risk(cfg, instruct, "nope", enc)
+
+    # A DES table is computed once for the same data sets (the seeds of a cell, the cells of one Phase 1 model)
+    calls = []
+    real = forgetting.des_matrix
+
+    def counting(*a, **k):
+        calls.append(sorted(a[0]))
+        return real(*a, **k)
+
+    cache = {}
+    forgetting.des_matrix = counting
+    try:
+        c1 = forgetting.forgetting_risk(cfg, alpaca, "multialpaca", enc, n_boot=200, des_cache=cache)
+        c2 = forgetting.forgetting_risk(cfg, alpaca, "mopenorca", enc, n_boot=200, des_cache=cache)
+        forgetting.forgetting_risk(cfg, instruct, "mopenorca", enc, n_boot=0, des_cache=cache)
+    finally:
+        forgetting.des_matrix = real
+    assert len(calls) == 2  # alpaca's sets once for both candidates, the Instruct model's once
+    assert (c1.des, c1.ci_lo, c1.ci_hi) == (risk.des, risk.ci_lo, risk.ci_hi)  # same numbers as without the cache
+    assert c2.phase2_data == "mopenorca" and c2.des != c1.des

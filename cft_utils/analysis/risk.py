@@ -55,7 +55,10 @@ class ForgettingRisk:
                 "la_source": self.la_source, "risk": self.risk, "reading": self.reading}
 
 
-def la_probe(cfg, run, families: Sequence[str] = ("A", "B"), languages: Sequence[str] | None = None
+PROBE_FAMILIES = ("A", "B")
+
+
+def la_probe(cfg, run, families: Sequence[str] = PROBE_FAMILIES, languages: Sequence[str] | None = None
              ) -> pd.DataFrame:
     """Sandbox language-ability baseline: exact match of the run's model on held-out items in the other
     languages, per family and language (cached in the run folder as ``la_probe.json``)."""
@@ -65,7 +68,7 @@ def la_probe(cfg, run, families: Sequence[str] = ("A", "B"), languages: Sequence
     langs = list(languages or world.other_languages)
     want = {"families": list(families), "languages": langs}
     cache = run.dir / "la_probe.json"
-    if cache.exists() and read_json(cache)["config"] == want:
+    if _probe_cached(run, want):
         rows = read_json(cache)["rows"]
     else:
         rows = exact_match_probe(run_weights(cfg, run), world, tuple(families), tuple(langs))
@@ -111,11 +114,37 @@ def risk_from_des(cand: pd.Series, others: pd.DataFrame) -> tuple[str, str]:
                        f"(others: {alt}): the data does not settle the risk.")
 
 
+def _probe_cached(run, want: dict) -> bool:
+    cache = run.dir / "la_probe.json"
+    return cache.exists() and read_json(cache)["config"] == want
+
+
+def _probe_named(params_file: str, overrides: dict, name: str) -> str:
+    """In a worker process: :func:`la_probe` of the Phase 1 run called ``name`` (fills its cache)."""
+    from ..executor import worker_context
+
+    cfg, runs = worker_context(params_file, overrides)
+    la_probe(cfg, runs[name])
+    return name
+
+
+def probe_phase1_models(cfg, runs: Sequence) -> None:
+    """Fill the :func:`la_probe` caches of ``runs`` (Phase 1 runs) on the executor's worker processes; each probe
+    generates for a few hundred held-out items, and a grid's Phase 1 models are independent."""
+    from ..executor import default_workers, parallel_map
+
+    want = {"families": list(PROBE_FAMILIES), "languages": World(cfg.sandbox.world_spec()).other_languages}
+    todo = list({r.name: r for r in runs if r.data_key is not None and not _probe_cached(r, want)}.values())
+    if len(todo) > 1:
+        parallel_map(_probe_named, [(cfg.source_file, dict(cfg.overrides), r.name) for r in todo],
+                     min(default_workers(cfg), len(todo)))
+
+
 def forgetting_risk(cfg, phase1_run, phase2_key: str, encoder, la_baseline: pd.DataFrame | None = None, *,
                     alternatives: Sequence[str] | None = None, instruct_stand_in: str | None = None,
                     probe_la: bool = True, n: int | None = DEFAULT_SAMPLE_SIZE,
                     fields: Sequence[str] = DEFAULT_FIELDS, seed: int = 0, n_boot: int = 1000,
-                    ci: float = 0.95) -> ForgettingRisk:
+                    ci: float = 0.95, des_cache: dict | None = None) -> ForgettingRisk:
     """Pre-flight report: is ``phase2_key`` similar to what ``phase1_run`` learned, and what LA does it have?
 
     * DES between the Phase 1 run's data (for an Instruct model: :func:`instruct_records`, a stand-in
@@ -125,6 +154,9 @@ def forgetting_risk(cfg, phase1_run, phase2_key: str, encoder, la_baseline: pd.D
       e.g. the evaluation notebooks' LA benchmark results for this model) when given; else, in the sandbox
       and with ``probe_la``, :func:`la_probe`; else missing (None, never 0).
     * ``risk`` in {"lower", "higher", "unclear"} and a plain-language ``reading``.
+
+    ``des_cache`` (a dict the caller keeps) reuses a DES table computed for the same data sets and settings: the
+    seeds of one cell, and the cells of one Phase 1 model, compare the same sets.
     """
     if phase2_key not in cfg.datasets:
         raise KeyError(f"{cfg.source_file}: candidate Phase 2 set {phase2_key!r} not in {sorted(cfg.datasets)}")
@@ -137,9 +169,15 @@ def forgetting_risk(cfg, phase1_run, phase2_key: str, encoder, la_baseline: pd.D
         compared = phase1_run.phase1_data
     alts = [k for k in dict.fromkeys(alternatives if alternatives is not None
                                      else [c.data for c in cfg.grid.phase2]) if k != phase2_key]
-    sets = {"__phase1__": p1_records, phase2_key: load_records(cfg, phase2_key)}
-    sets.update({k: load_records(cfg, k) for k in alts})
-    table, _ = des_matrix(sets, encoder, fields=fields, n=n, seed=seed, n_boot=n_boot, ci=ci)
+    key = (compared, note, tuple(sorted([phase2_key, *alts])), tuple(fields), n, seed, n_boot, ci)
+    if des_cache is not None and key in des_cache:
+        table = des_cache[key]
+    else:
+        sets = {"__phase1__": p1_records, phase2_key: load_records(cfg, phase2_key)}
+        sets.update({k: load_records(cfg, k) for k in alts})
+        table, _ = des_matrix(sets, encoder, fields=fields, n=n, seed=seed, n_boot=n_boot, ci=ci)
+        if des_cache is not None:
+            des_cache[key] = table
     vs = table[(table["a"] == "__phase1__") & (table["b"] != "__phase1__")].rename(columns={"b": "phase2_data"})
     vs = vs[["phase2_data", "des", "ci_lo", "ci_hi"]].reset_index(drop=True)
     cand = vs[vs["phase2_data"] == phase2_key].iloc[0]
@@ -179,9 +217,11 @@ def risk_report(cfg, plan, encoder) -> tuple[list[ForgettingRisk], pd.DataFrame]
     if missing:
         raise RuntimeError(f"run notebook 01 first: Phase 1 runs not done: {missing}")
     la_table = pd.read_csv(d.la_results) if d.la_results else None
-    risks = []
+    if la_table is None and cfg.sandbox is not None:
+        probe_phase1_models(cfg, [cell.parent for cell in plan.phase2])
+    risks, des_cache = [], {}
     for cell in plan.phase2:
         la = la_table[la_table["run_id"] == cell.parent.run_id] if la_table is not None else None
         risks.append(forgetting_risk(cfg, cell.parent, cell.phase2_data, encoder, la_baseline=la, n=d.n_samples,
-                                     fields=d.fields, seed=d.seed, n_boot=d.n_boot, ci=d.ci))
+                                     fields=d.fields, seed=d.seed, n_boot=d.n_boot, ci=d.ci, des_cache=des_cache))
     return risks, pd.DataFrame([r.summary() for r in risks])

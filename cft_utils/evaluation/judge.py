@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from ..models import fit_messages, load_model, load_tokenizer
 from .metrics import token_f1
 
 JUDGE_ENV = {"model": "CFT_JUDGE_MODEL", "base_url": "CFT_JUDGE_BASE_URL", "api_key": "CFT_JUDGE_API_KEY"}
+CHECKPOINT_SECONDS = 5.0  # how often a judging run rewrites its JSONL checkpoint (at most)
 NO_KEY = "no-key"  # sent to an endpoint that needs none (the openai client refuses to start without a key)
 
 JUDGE_SYSTEM_PROMPT = (
@@ -439,55 +441,66 @@ def evaluate_win_rate(
 
     records: list[dict] = []
     done_ids: set[str] = set()
-    for k, m in enumerate(model):
-        ref = refs.get(m["instruction"])
-        if ref is None:
-            raise KeyError(
-                f"model output {k} (id {m['id']}): instruction has no reference output: {m['instruction'][:80]!r}"
-            )
-        item_id = ref["id"]
-        if item_id in done_ids:
-            raise ValueError(f"model outputs hold instruction {item_id} twice")
-        done_ids.add(item_id)
-        key = _digest(judge.name, orders, str(seed), m["output"], ref["output"])
-        old = cached.get(item_id)
-        if old is not None and old.get("cache_key") == key:
-            records.append(old)
-            continue
-        judgements = []
-        for order in _orders_for(item_id, orders, seed):
-            a, b = (m["output"], ref["output"]) if order == "model_first" else (ref["output"], m["output"])
-            v = judge.judge(m["instruction"], a, b)
-            judgements.append(
+    last_write = time.monotonic()
+    try:
+        for k, m in enumerate(model):
+            ref = refs.get(m["instruction"])
+            if ref is None:
+                raise KeyError(
+                    f"model output {k} (id {m['id']}): instruction has no reference output: {m['instruction'][:80]!r}"
+                )
+            item_id = ref["id"]
+            if item_id in done_ids:
+                raise ValueError(f"model outputs hold instruction {item_id} twice")
+            done_ids.add(item_id)
+            key = _digest(judge.name, orders, str(seed), m["output"], ref["output"])
+            old = cached.get(item_id)
+            if old is not None and old.get("cache_key") == key:
+                records.append(old)
+                continue
+            judgements = []
+            for order in _orders_for(item_id, orders, seed):
+                a, b = (m["output"], ref["output"]) if order == "model_first" else (ref["output"], m["output"])
+                v = judge.judge(m["instruction"], a, b)
+                judgements.append(
+                    {
+                        "order": order,
+                        "prompt": v.prompt,
+                        "raw": v.raw,
+                        "winner": v.winner,
+                        "model_score": _model_score(order, v.winner),
+                    }
+                )
+            valid = [j["model_score"] for j in judgements if j["model_score"] is not None]
+            records.append(
                 {
-                    "order": order,
-                    "prompt": v.prompt,
-                    "raw": v.raw,
-                    "winner": v.winner,
-                    "model_score": _model_score(order, v.winner),
+                    "id": item_id,
+                    "cache_key": key,
+                    "dataset": ref.get("dataset"),
+                    "instruction": m["instruction"],
+                    "reference_output": ref["output"],
+                    "reference_generator": ref.get("generator"),
+                    "model_output": m["output"],
+                    "generator": generator or m.get("generator"),
+                    "judge": judge.name,
+                    "judgements": judgements,
+                    "score": (math.fsum(valid) / len(valid)) if valid else None,
                 }
             )
-        valid = [j["model_score"] for j in judgements if j["model_score"] is not None]
-        records.append(
-            {
-                "id": item_id,
-                "cache_key": key,
-                "dataset": ref.get("dataset"),
-                "instruction": m["instruction"],
-                "reference_output": ref["output"],
-                "reference_generator": ref.get("generator"),
-                "model_output": m["output"],
-                "generator": generator or m.get("generator"),
-                "judge": judge.name,
-                "judgements": judgements,
-                "score": (math.fsum(valid) / len(valid)) if valid else None,
-            }
-        )
-        # Checkpoint: finished records plus cached ones not yet revisited, so nothing is lost.
-        pending = [r for i, r in cached.items() if i not in done_ids]
-        write_jsonl(out_path, records + pending)
-        if progress:
-            progress(k + 1, len(model))
+            # Checkpoint: finished records plus cached ones not yet revisited, so nothing is lost. Each checkpoint
+            # rewrites the whole file, so it happens at most every CHECKPOINT_SECONDS (a judge model or API takes
+            # seconds per call; the reference judge takes microseconds, and rewriting after each of 400 records was
+            # a quarter of a sandbox checkpoint's evaluation time).
+            if time.monotonic() - last_write >= CHECKPOINT_SECONDS:
+                pending = [r for i, r in cached.items() if i not in done_ids]
+                write_jsonl(out_path, records + pending)
+                last_write = time.monotonic()
+            if progress:
+                progress(k + 1, len(model))
+    except BaseException:
+        # Interrupted or failed: keep every judged record (the periodic checkpoint may be seconds old).
+        write_jsonl(out_path, records + [r for i, r in cached.items() if i not in done_ids])
+        raise
     write_jsonl(out_path, records)
     summary = summarize(records, judge.name, orders)
     summary.extra = {"seed": seed, "records": str(out_path)}

@@ -156,6 +156,9 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
             verdicts = ", ".join(f"{c.removeprefix('verdict (').removesuffix(')')}: {r[c]}"
                                  for c in robustness.columns if c.startswith("verdict ("))
             lines.append(f"  - verdict changed: claim {int(r['claim'])}, {r['cell']}, {r['measure']}: {verdicts}")
+    else:
+        lines += ["", "Other world assumptions: `make robustness` (a second world seed, another English share) was "
+                  "not run for this snapshot, so whether these verdicts survive them is not known."]
     return "\n".join(lines) + "\n"
 
 
