@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -66,3 +68,22 @@ def test_render_shows_what_the_instrument_sees_and_names_benchmarks_at_the_floor
     assert "| a | x | P2 | 0.300 | 0.100 | missing | 0.600 |" in out
     assert "At the floor before Phase 2" in out and ": MLQA." in out
     assert findings.render_instrument(pd.DataFrame()) == []
+
+
+def test_a_new_snapshot_says_whether_it_reproduced_the_one_it_replaces(tmp_path):
+    claims = pd.DataFrame([{"claim": 1, "cell": "a", "measure": "m", "estimate": -0.05, "ci_low": -0.08,
+                            "ci_high": -0.02, "n_seeds": 3, "n_items": 100, "verdict": "fails"}], columns=COLUMNS)
+    out, new = tmp_path / "snap", tmp_path / "claims_new.csv"
+    out.mkdir()
+    claims.to_csv(out / "claims.csv", index=False)
+    (out / "meta.json").write_text(json.dumps({"commit": "aaa", "date": "d1", "machine": "x86_64, 2 cores"}))
+    assert findings.previous_run(tmp_path / "nothing", new) is None  # a first snapshot compares with nothing
+    claims.to_csv(new, index=False)
+    prev = findings.previous_run(out, new)
+    assert prev == {"commit": "aaa", "date": "d1", "machine": "x86_64, 2 cores", "claims_identical": True}
+    text = "\n".join(findings.render_previous(prev, {"commit": "bbb", "machine": "x86_64, 2 cores"}))
+    assert "commit `bbb`" in text and "commit `aaa`, d1" in text and "byte-identical" in text
+    claims.assign(verdict="inconclusive").to_csv(new, index=False)
+    prev = findings.previous_run(out, new)
+    assert not prev["claims_identical"] and prev["n_verdicts_changed"] == 1 and prev["n_rows"] == 1
+    assert "1 of 1 claims rows have another verdict" in "\n".join(findings.render_previous(prev, {"commit": "c"}))

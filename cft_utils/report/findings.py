@@ -47,6 +47,7 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
 
     out = snapshot_dir(cfg.output_name)
     out.mkdir(parents=True, exist_ok=True)
+    previous = previous_run(out, src)
     shutil.copyfile(src, out / "claims.csv")
     timing_file = reports_dir(cfg) / "timing.json"
     timing = read_json(timing_file) if timing_file.exists() else None
@@ -68,10 +69,49 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
         "dirty": None if made_with else bool(git("status", "--porcelain", "--", "cft_utils", "params", "notebooks")),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s,
-        "timing": timing, "costs": measured_costs(cfg),
+        "timing": timing, "costs": measured_costs(cfg), "previous_run": previous,
         "precision": json.loads(precision.to_json(orient="records", force_ascii=False)),
         "instrument": json.loads(instrument.to_json(orient="records", force_ascii=False))})
     return out
+
+
+def previous_run(out: Path, new_claims: Path) -> dict | None:
+    """What the snapshot being replaced says about the new one: its commit and date, and whether its claims table
+    equals the new one byte for byte (a second complete run of the same profile), else how many rows differ."""
+    old_claims, old_meta = out / "claims.csv", out / "meta.json"
+    if not (old_claims.exists() and old_meta.exists()):
+        return None
+    meta = read_json(old_meta)
+    identical = old_claims.read_bytes() == new_claims.read_bytes()
+    prev = {"commit": meta.get("commit"), "date": meta.get("date"), "machine": meta.get("machine"),
+            "claims_identical": identical}
+    if not identical:
+        a, b = pd.read_csv(old_claims), pd.read_csv(new_claims)
+        keys = ["claim", "cell", "measure"]
+        both = a.merge(b, on=keys, how="outer", suffixes=("_old", "_new"), indicator=True)
+        changed = both["_merge"].ne("both") | both["verdict_old"].ne(both["verdict_new"])
+        prev.update(n_rows=len(b), n_verdicts_changed=int(changed.sum()))
+    if meta.get("previous_run") and identical and meta["previous_run"].get("claims_identical"):
+        prev["earlier"] = meta["previous_run"]  # a chain of identical runs stays on record
+    return prev
+
+
+def render_previous(prev: dict | None, meta: dict) -> list[str]:
+    """Markdown lines: how this snapshot's run compares with the one it replaced."""
+    if not prev:
+        return []
+    runs = [prev]
+    while runs[-1].get("earlier"):
+        runs.append(runs[-1]["earlier"])
+    before = "; ".join(f"commit `{r['commit']}`, {r['date']}" for r in runs)
+    if prev["claims_identical"]:
+        same = all(r.get("machine") == meta.get("machine") for r in runs)
+        return ["", f"Reproduced: this run (commit `{meta.get('commit')}`, from an empty `CFT_HOME`) and the earlier "
+                f"complete run(s) it replaced ({before}) wrote byte-identical `claims.csv` files"
+                + (" on the same kind of machine with the same seeds." if same else
+                   f" (machines: {', '.join(sorted({str(r.get('machine')) for r in runs} | {str(meta.get('machine'))}))}).")]
+    return ["", f"Against the snapshot it replaced ({before}): {prev.get('n_verdicts_changed', '?')} of "
+            f"{prev.get('n_rows', '?')} claims rows have another verdict or are new."]
 
 
 FLOOR = 0.02  # a benchmark whose Phase 1 mean is below this in every cell cannot show a loss, only a gain
@@ -132,6 +172,7 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
         half = ((widths["ci_high"] - widths["ci_low"]) / 2)
         lines += ["", f"Interval half-width of the P1 → P2 task-ability differences (claims 1-2): {half.min():.3f} to "
                   f"{half.max():.3f} (target: 0.03)."]
+    lines += render_previous(meta.get("previous_run"), meta)
     timing = meta.get("timing")
     if timing:
         lines += ["", f"`make reproduce` of this snapshot: {timing['wall_s'] / 60:.1f} min wall, "
