@@ -78,3 +78,10 @@ def test_run_all_renders_results(tmp_path, monkeypatch):
     md = run_all.render(False, None, "make bench").read_text()
     assert "| x vs y | x | y | **1.00x tokens/s** | 0.67-2.00 (3) | >= 1 | 2026-01-01T00:00 | 1.5 |" in md
     assert "No executed notebooks were found" in md and "Padding-free loss check: not run" in md
+    # the README's performance table comes from the same files, between its markers (never typed by hand)
+    (tmp_path / "README.md").write_text("intro\n<!-- bench:start -->\nold numbers\n<!-- bench:end -->\nafter\n")
+    run_all.render(False, [{"bench": "bench_generate", "seconds": 60.0, "rc": 0}], "make bench")
+    readme = (tmp_path / "README.md").read_text()
+    assert "old numbers" not in readme and readme.startswith("intro\n") and readme.endswith("after\n")
+    assert "| x vs y | **1.00x tokens/s** | 0.67-2.00 (3) | >= 1 | 2026-01-01 | `bench/bench_generate.py` |" in readme
+    assert "`make bench` took 1.0 min" in readme and "not run (no GPU lent)" in readme
