@@ -52,7 +52,7 @@ from .outputs import in_notebook
 from .plan import model_spec, plan_runs, run_chat_template
 from .runs import RunPlan, last_complete_checkpoint, mark_done, provenance, run_lock
 from .sandbox.build import ensure_sandbox, sandbox_paths
-from .sandbox.world import World
+from .sandbox.world import world_for
 from .tokenized import prepare
 
 
@@ -140,7 +140,7 @@ def init_where(run: RunPlan, cfg: ExperimentConfig) -> str:
 def run_records(run: RunPlan, cfg: ExperimentConfig) -> list[dict]:
     """The records a run trains on (before any extra records a mitigation adds)."""
     if run.data_key == "instruct" and run.phase1_data == "Instruct":
-        return World(cfg.sandbox.world_spec()).dataset("instruct")
+        return world_for(cfg.sandbox.world_spec()).dataset("instruct")
     return load_records(cfg, run.data_key)
 
 

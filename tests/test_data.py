@@ -351,3 +351,29 @@ def test_unbuilt_mopenorca_is_a_clear_error_not_a_hub_lookup(tmp_path):
     with pytest.raises(DataError) as e:
         load_records(cfg, "mo")
     assert str(tmp_path / "not_built") in str(e.value) and "'mo'" in str(e.value)
+
+
+def test_world_is_generated_once_per_spec_and_callers_get_fresh_records():
+    """``world_for`` shares one generated world per spec within a process (the loaders, the executor's workers and
+    the notebooks ask for it many times); a different spec is a different world; records are new on each call."""
+    from dataclasses import replace
+
+    from cft_utils.sandbox.world import WorldSpec, world_for
+
+    spec = WorldSpec(n_phase1=40, n_phase2_per_language=8, n_instruct=40, n_test_per_language=5)
+    w = world_for(spec)
+    assert world_for(replace(spec)) is w  # an equal spec (another object) gets the same world
+    assert world_for(replace(spec, seed=spec.seed + 1)) is not w
+    a, b = w.dataset("alpaca"), w.dataset("alpaca")
+    assert a == b and a[0] is not b[0]
+    a[0]["prompt"][0]["content"] = "changed by a caller"
+    assert w.dataset("alpaca")[0]["prompt"][0]["content"] != "changed by a caller"
+
+
+def test_in_notebook_is_false_in_a_script_without_importing_ipython():
+    import subprocess
+    import sys
+
+    code = "import sys; from cft_utils.outputs import in_notebook; print(in_notebook(), 'IPython' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

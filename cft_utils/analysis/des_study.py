@@ -23,7 +23,7 @@ from cft_utils.analysis.encoders import (
 )
 from cft_utils.data.loaders import load_records
 from cft_utils.paper import paper_values
-from cft_utils.sandbox.world import World
+from cft_utils.sandbox.world import world_for
 
 #: Name of the Instruct data in DES tables (the sandbox world's ``instruct`` mixture, or a stand-in).
 INSTRUCT = "instruct"
@@ -54,7 +54,7 @@ def instruct_records(cfg, stand_in: str | None = None) -> tuple[list[dict], str]
     same general kind; the real Instruct data of Mistral/LLaMA-3 is not published).
     """
     if cfg.sandbox is not None and stand_in is None:
-        return World(cfg.sandbox.world_spec()).dataset("instruct"), (
+        return world_for(cfg.sandbox.world_spec()).dataset("instruct"), (
             "the sandbox world's instruct mixture (the data the sandbox Instruct model was trained on)")
     key = stand_in or "alpaca"
     if key not in cfg.datasets:
@@ -172,7 +172,7 @@ def encoder_check(cfg, encoder, n: int = 200, n_languages: int = 2) -> pd.DataFr
     """
     if cfg.sandbox is None:
         return pd.DataFrame()
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     info = encoder_training_info(sandbox_encoder_dir(cfg))
     held_out = [en for en, _ in parallel_pairs(world, n, seed=cfg.seed + 1)]
     rows = []
@@ -194,7 +194,7 @@ def translation_check(cfg, encoder, table: pd.DataFrame, original: str = "multia
     if cfg.sandbox is None:
         return pd.DataFrame()
     d = cfg.analysis.des
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     same = des(world.dataset(original), load_records(cfg, translated), encoder, fields=d.fields, n=d.n_samples,
                seed=d.seed, n_boot=d.n_boot, ci=d.ci)
     other = pair_row(table, unrelated)

@@ -31,7 +31,7 @@ from cft_utils.integrity import refuse_pickle_only
 from cft_utils.io import read_json, write_json
 from cft_utils.models import use_threads
 from cft_utils.sandbox.build import ensure_sandbox, sandbox_paths
-from cft_utils.sandbox.world import FAMILIES, World, fact_sentences
+from cft_utils.sandbox.world import FAMILIES, fact_sentences, world_for
 
 #: The paper profile's encoder.
 LABSE = "sentence-transformers/LaBSE"
@@ -275,7 +275,7 @@ def encoder_settings(cfg, **settings) -> dict:
 
 def encoder_pairs(cfg, full: dict) -> list[tuple[str, str]]:
     """The (English, translation) training pairs of the sandbox encoder with settings ``full``."""
-    return parallel_pairs(World(cfg.sandbox.world_spec()), full["n_pairs"], int(full["seed"]))
+    return parallel_pairs(world_for(cfg.sandbox.world_spec()), full["n_pairs"], int(full["seed"]))
 
 
 def sandbox_encoder_dir(cfg, **settings) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cft_utils.languages import MULTIALPACA_LANGUAGES
-from cft_utils.sandbox.world import World
+from cft_utils.sandbox.world import world_for
 
 # A copy of FastChat's question.jsonl on the hub, in FastChat's own format.
 MT_BENCH_HUB = "hf://datasets/HuggingFaceH4/mt_bench_prompts/raw/question.jsonl"
@@ -210,7 +210,7 @@ def geometry_prompts(cfg, *, mt_bench_source: str | os.PathLike | None = None, c
     g = cfg.analysis.geometry
     chat = g.chat if chat is None else chat
     if cfg.sandbox is not None:
-        recs = sandbox_prompt_set(World(cfg.sandbox.world_spec()), families, "en")
+        recs = sandbox_prompt_set(world_for(cfg.sandbox.world_spec()), families, "en")
     else:
         recs = load_mt_bench(mt_bench_source if mt_bench_source is not None else g.mt_bench_source)
     return recs if chat else as_text_prompts(recs)
@@ -229,7 +229,7 @@ def parallel_sentences(cfg, *, n_per_language: int | None = None, flores_source:
     if cfg.sandbox is not None:
         families = ("A", "B", "C")
         per_family = -(-n_per_language // len(families))
-        return sandbox_parallel_set(World(cfg.sandbox.world_spec()), cfg.sandbox.languages, families, per_family)
+        return sandbox_parallel_set(world_for(cfg.sandbox.world_spec()), cfg.sandbox.languages, families, per_family)
     return load_flores_parallel(flores_languages, source=flores_source or g.flores_source,
                                 split=flores_split or g.flores_split, n=n_per_language,
                                 seed=g.seed if seed is None else seed)

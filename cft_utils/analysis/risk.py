@@ -19,7 +19,7 @@ from cft_utils.analysis.mpd_study import run_weights
 from cft_utils.data.loaders import load_records
 from cft_utils.io import read_json, write_json
 from cft_utils.sandbox.probe import exact_match_probe
-from cft_utils.sandbox.world import World
+from cft_utils.sandbox.world import world_for
 
 #: DES bands used only when there is no alternative Phase 2 set to compare with. They come from the paper's
 #: LaBSE values (similar pairs 0.92-0.95, dissimilar 0.77-0.79) and mean nothing for other encoders.
@@ -64,7 +64,7 @@ def la_probe(cfg, run, families: Sequence[str] = PROBE_FAMILIES, languages: Sequ
     languages, per family and language (cached in the run folder as ``la_probe.json``)."""
     if cfg.sandbox is None:
         raise ValueError(f"{cfg.source_file}: la_probe needs a sandbox world; pass benchmark results instead")
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     langs = list(languages or world.other_languages)
     want = {"families": list(families), "languages": langs}
     cache = run.dir / "la_probe.json"
@@ -133,7 +133,7 @@ def probe_phase1_models(cfg, runs: Sequence) -> None:
     generates for a few hundred held-out items, and a grid's Phase 1 models are independent."""
     from ..executor import default_workers, parallel_map
 
-    want = {"families": list(PROBE_FAMILIES), "languages": World(cfg.sandbox.world_spec()).other_languages}
+    want = {"families": list(PROBE_FAMILIES), "languages": world_for(cfg.sandbox.world_spec()).other_languages}
     todo = list({r.name: r for r in runs if r.data_key is not None and not _probe_cached(r, want)}.values())
     if len(todo) > 1:
         parallel_map(_probe_named, [(cfg.source_file, dict(cfg.overrides), r.name) for r in todo],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import DatasetSpec, ExperimentConfig
 from ..languages import MULTIALPACA_LANGUAGES
-from ..sandbox.world import World
+from ..sandbox.world import world_for
 from .readers import hub_rows, local_path, read_rows
 from .sandbox_mopenorca import sandbox_mopenorca_records
 from .schema import DataError, validate_record
@@ -127,7 +127,7 @@ def load_sandbox(cfg: ExperimentConfig, spec: DatasetSpec, dataset: str) -> list
     name = spec.name or dataset
     if name == "mopenorca":
         return sandbox_mopenorca_records(cfg, dataset)
-    return World(cfg.sandbox.world_spec()).dataset(name)
+    return world_for(cfg.sandbox.world_spec()).dataset(name)
 
 
 LOADERS = {"alpaca": load_alpaca, "multialpaca": load_multialpaca, "openorca": load_openorca}

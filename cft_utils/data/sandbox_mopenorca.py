@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import ExperimentConfig
 from ..paths import cft_home
 from ..sandbox.build import world_dir
-from ..sandbox.world import World
+from ..sandbox.world import world_for
 from .schema import SCHEMA_KEYS, validate_record
 from .translation.build import build_translated_dataset, load_translated_dataset
 from .translation.translators import SandboxTranslator
@@ -21,7 +21,7 @@ def build_sandbox_mopenorca(cfg: ExperimentConfig, progress: bool = False) -> Pa
     Its ``dataset/`` is a ``save_to_disk`` dataset in the common schema, with a quality report beside it.
     An interrupted build resumes.
     """
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     out = world_dir(world.spec, cft_home()) / "mopenorca"
     if not (out / "dataset" / "dataset_info.json").exists() or not (out / "manifest.json").exists():
         build_translated_dataset(world.dataset("mopenorca_en"), world.other_languages,
@@ -33,7 +33,7 @@ def build_sandbox_mopenorca(cfg: ExperimentConfig, progress: bool = False) -> Pa
 def sandbox_mopenorca_records(cfg: ExperimentConfig, dataset: str) -> list[dict]:
     """The sandbox mOpenOrca records (built on first use), each original kept in one language, named ``dataset``."""
     out = build_sandbox_mopenorca(cfg)
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     # The builder translates every original into every language (as the paper's mOpenOrca does); the
     # sandbox keeps each original in one language, round robin, so that mOpenOrca has as many records
     # per language as MultiAlpaca and no parallel copies (which a tiny model memorises).

@@ -11,7 +11,7 @@ from ..config import ExperimentConfig
 from ..io import read_json, write_json
 from ..runs import RunPlan
 from ..sandbox.probe import exact_match_probe
-from ..sandbox.world import World
+from ..sandbox.world import world_for
 from .runner import evaluate_runs
 
 TA_BENCHMARKS = ("IFEval", "AlpacaEval", "MMLU", "HellaSwag")
@@ -37,7 +37,7 @@ def probe_tidy(cfg: ExperimentConfig, runs: Sequence[RunPlan]):
 
     if cfg.sandbox is None:
         raise ValueError("probe_tidy needs a sandbox profile; use evaluate_mitigations")
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     langs = list(cfg.sandbox.languages)
     want = {"families": list(PROBE_FAMILIES), "languages": langs}
 

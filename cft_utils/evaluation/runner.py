@@ -60,7 +60,7 @@ from ..paths import PROJECT_ROOT, cft_home, results_dir
 from ..plan import plan_runs
 from ..sandbox.bench import bench_dir, build_bench
 from ..sandbox.build import sandbox_paths
-from ..sandbox.world import World
+from ..sandbox.world import world_for
 from .ifeval_offline import prepare_ifeval
 from .judge import evaluate_win_rate, judge_label, load_outputs, make_judge
 from .tasks.manager import TASKS_ROOT, task_manager
@@ -164,7 +164,7 @@ def generated_benchmarks(cfg: ExperimentConfig) -> dict | None:
         return None
     if cfg.sandbox is None:
         raise ValueError(f"{cfg.source_file}: evaluation.sandbox_bench needs a 'sandbox' section")
-    return build_bench(World(cfg.sandbox.world_spec()), bench_dir(sandbox_paths(cfg)["world"]),
+    return build_bench(world_for(cfg.sandbox.world_spec()), bench_dir(sandbox_paths(cfg)["world"]),
                        n_la=cfg.evaluation.sandbox_bench_per_language)
 
 

@@ -31,7 +31,7 @@ from ..config import ExperimentConfig
 from ..outputs import save_table
 from ..paper import paper_values
 from ..paths import figures_dir, results_dir
-from ..sandbox.world import SANDBOX_DATASETS, World
+from ..sandbox.world import SANDBOX_DATASETS, world_for
 from .metrics import dominant_script, rouge_scores, tokenize
 from .runner import checkpoints_of, output_text, plan_cells, read_samples
 
@@ -190,7 +190,7 @@ def task_overlap_similarity(cfg: ExperimentConfig, threshold: float = 0.5) -> pd
     (sum over task types of the smaller share; 1 = the same tasks in the same proportions) and ``similar`` =
     overlap >= ``threshold``. Needs records that name their task (the sandbox world); else NaN / None."""
     rows = []
-    world = None if cfg.sandbox is None else World(cfg.sandbox.world_spec())
+    world = None if cfg.sandbox is None else world_for(cfg.sandbox.world_spec())
     for m, p1, p2 in _cells(cfg):
         overlap = float("nan")
         if world is not None:

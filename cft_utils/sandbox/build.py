@@ -19,7 +19,7 @@ from ..io import write_json, write_jsonl
 from ..paths import cft_home
 from ..runs import last_complete_checkpoint
 from .tiny import build_causal_lm, train_bpe_tokenizer
-from .world import SANDBOX_DATASETS, World, WorldSpec
+from .world import SANDBOX_DATASETS, World, WorldSpec, world_for
 
 
 @dataclass
@@ -127,7 +127,7 @@ def sandbox_paths(cfg: ExperimentConfig) -> dict[str, Path]:
 def ensure_sandbox(cfg: ExperimentConfig) -> dict[str, Path]:
     """Build (once) the sandbox world's data dump, tokenizer and pre-trained base model; return their paths."""
     paths = sandbox_paths(cfg)
-    world = World(cfg.sandbox.world_spec())
+    world = world_for(cfg.sandbox.world_spec())
     if not (paths["world"] / "world.json").exists():
         for name in SANDBOX_DATASETS:
             if name != "mopenorca":  # built by selective translation on first use (cft_utils.data)

@@ -614,6 +614,21 @@ _CORPUS_GLUE = [
     "the answer is short .", "people like to talk about things .",
 ]
 
+_WORLDS: dict[str, World] = {}
+
+
+def world_for(spec: WorldSpec) -> World:
+    """The world of ``spec``, generated once per process (a long-lived executor worker, a notebook kernel) and
+    shared by every caller: generation is deterministic and callers only read it (``dataset`` and ``test_set``
+    return new records on every call)."""
+    key = spec.world_id()
+    if key not in _WORLDS:
+        if len(_WORLDS) >= 4:  # a study compares few worlds; do not keep every one a long session met
+            _WORLDS.pop(next(iter(_WORLDS)))
+        _WORLDS[key] = World(spec)
+    return _WORLDS[key]
+
+
 SANDBOX_DATASETS = ("alpaca", "multialpaca", "openorca", "mopenorca", "instruct", "multialpaca_en", "mopenorca_en")
 
 
