@@ -306,6 +306,10 @@ def test_notebooks_03_and_04_execute_in_smoke(notebooks):
     tidy = pd.read_csv(PROJECT_ROOT / "results" / "smoke" / "evaluation.csv")
     assert list(tidy.columns) == runner.TIDY_COLUMNS and set(tidy.checkpoint) == {"P1", "P2"}
     assert (PROJECT_ROOT / "results" / "smoke" / "xlsum_rouge_tokenizers.csv").stat().st_mtime >= t0
+    # the reading probe's diagnosis: generated sentences and its table (base + every Phase 1 model)
+    assert "Counterfactual passages" in text4 and "the base model: English" in text4
+    reading = pd.read_csv(PROJECT_ROOT / "results" / "smoke" / "reading_probe.csv")
+    assert {"base", "alpaca"} <= set(reading.model_kind) and set(reading.probe) == {"reading", "copy"}
 
 
 def test_paper_profile_tables_put_the_papers_value_beside_ours(tmp_path):

@@ -1,15 +1,20 @@
 """A quick forgetting probe on the sandbox world's held-out test items (notebook 02): greedy answers of a checkpoint,
 scored by exact match in the prompt's language, by answer match in any language (the task skill) and by the answer's
 language (language confusion). The benchmarks proper are in cft_utils.evaluation.
+
+And a reading probe (notebook 04): does a model answer a question about a passage by reading the passage or by
+recalling what it knows? The passages state values that contradict the world's facts, so the two answers differ.
 """
 
 from __future__ import annotations
+
+import random
 
 from ..io import read_json, write_json
 from ..languages import language_name
 from ..models import generate, load_model, load_tokenizer
 from ..outputs import save_figure
-from .world import ANSWER_MARK, World, final_answer
+from .world import ANSWER_MARK, COLOURS, PLACES, World, final_answer, world_for
 
 
 def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
@@ -147,3 +152,198 @@ def plot_probe(probe, stem=None, language: str = "en", metric: str = "exact_matc
     if stem is not None:
         save_figure(fig, stem)
     return fig
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+_READ_INTRO = "read the text and answer ."
+
+
+def reading_items(world: World, n: int = 40, seed: int = 0) -> list[dict]:
+    """``n`` counterfactual reading items in world English: a passage that gives two or three things a place (or a
+    colour) other than the world's fact, and a question about one of them. ``passage`` is the answer a reader gives,
+    ``fact`` the one memory gives (they always differ). Half place questions (the MLQA-like form), half colour
+    questions (the XQuAD-like form); the same items serve every language (translate them)."""
+    rng = random.Random(f"{world.spec.seed}-reading-probe-{seed}")
+    names = sorted(world.facts)
+    items = []
+    for i in range(n):
+        ns = rng.sample(names, rng.randint(2, 3))
+        k = rng.randrange(len(ns))
+        if i % 2 == 0:
+            val = {a: rng.choice([p for p in PLACES[world.facts[a].category] if p != world.facts[a].place]) for a in ns}
+            sents = [f"the {a} is found in the {val[a]} ." for a in ns]
+            question, fact = f"where is the {ns[k]} found ?", world.facts[ns[k]].place
+        else:
+            val = {a: rng.choice([c for c in COLOURS if c != world.facts[a].colour]) for a in ns}
+            sents = [f"the {a} is {val[a]} ." for a in ns]
+            question, fact = f"what colour is the {ns[k]} ?", world.facts[ns[k]].colour
+        items.append({"text": f"{_READ_INTRO} text : {' '.join(sents)} question : {question}",
+                      "passage": val[ns[k]], "fact": fact})
+    return items
+
+
+def copy_items(world: World, n: int = 40, seed: int = 0) -> list[dict]:
+    """``n`` list-repetition prompts in the pre-training corpus's own form ("the list is : a , b , c . again :"):
+    the simplest in-context copy. ``passage`` is the list to repeat."""
+    rng = random.Random(f"{world.spec.seed}-copy-probe-{seed}")
+    names = sorted(world.facts)
+    out = []
+    for _ in range(n):
+        items = " , ".join(rng.sample(names, rng.randint(3, 5)))
+        out.append({"text": f"the list is : {items} . again :", "passage": items, "fact": None})
+    return out
+
+
+def _first_word(text: str) -> str:
+    words = text.replace('"', " ").split()
+    return words[0] if words else ""
+
+
+def plain_continuations(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy continuations of raw text (no chat template: the pre-training format), batched and left-padded."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [t.strip() for t in out]
+
+
+def reading_probe(model_dir, world: World, languages=("en",), n: int = 40) -> list[dict]:
+    """How a model answers questions about a passage that contradicts what it knows, per language and format.
+
+    * ``chat``: the question as a user turn, as the language-ability benchmarks ask it (after instruction tuning);
+    * ``plain``: the passage, the question and the pre-training corpus's "answer :" cue, no template (what a base
+      model saw);
+    * ``copy``: repeating a list just read, the simplest in-context copy (plain format).
+
+    Per row: ``read`` (the share of answers that give the passage's value, or repeat the list), ``recalled`` (the
+    share that give the world's fact instead: memory, not reading), ``english`` (the share of answers written in
+    English, :func:`response_language`) and ``n``. A model that recalls cannot answer
+    in another language by copying the passage's words; it answers with the words it learnt the fact in.
+    """
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir, device="auto")
+    items, copies = reading_items(world, n), copy_items(world, n)
+    rows = []
+    for lang in languages:
+        tr = lambda s, lang=lang: world.translate(s, lang)  # noqa: E731
+        chat = generate_answers(model, tok, [{"prompt": [{"role": "user", "content": tr(it["text"])}]} for it in items],
+                                max_new_tokens=6)
+        plain = plain_continuations(model, tok, [f"{tr(it['text'])} {tr('answer :')}" for it in items], 4)
+        for fmt, answers in (("chat", chat), ("plain", plain)):
+            rows.append({"probe": "reading", "format": fmt, "language": lang,
+                         **score_reading(world, lang, items, answers)})
+        cont = plain_continuations(model, tok, [tr(c["text"]) for c in copies], 16)
+        rows.append({"probe": "copy", "format": "plain", "language": lang, **score_copy(world, lang, copies, cont)})
+    return rows
+
+
+def score_reading(world: World, lang: str, items: list[dict], answers: list[str]) -> dict:
+    """``read``, ``recalled``, ``english`` and ``n`` of ``answers`` to :func:`reading_items` asked in ``lang``:
+    an answer's first word (quotes removed) is compared with the passage's value and with the world's fact, both
+    in ``lang``."""
+    n = len(items)
+    first = [_first_word(a) for a in answers]
+    return {"read": sum(f == world.translate(it["passage"], lang) for f, it in zip(first, items, strict=True)) / n,
+            "recalled": sum(f == world.translate(it["fact"], lang) for f, it in zip(first, items, strict=True)) / n,
+            "english": sum(response_language(world, a) == "en" for a in answers) / n, "n": n}
+
+
+def score_copy(world: World, lang: str, items: list[dict], continuations: list[str]) -> dict:
+    """``read`` (the share of continuations that repeat the list in ``lang``) and ``n`` for :func:`copy_items`."""
+    n = len(items)
+    ok = sum(c.startswith(world.translate(it["passage"], lang)) for c, it in zip(continuations, items, strict=True))
+    return {"read": ok / n, "recalled": None, "english": None, "n": n}
+
+
+
+READING_PROBE_VERSION = 2
+
+
+def reading_probe_runs(cfg, plan, n: int = 40, languages: tuple[str, ...] | None = None):
+    """:func:`reading_probe` of the base model and every Phase 1 model of ``plan`` (English and the world's first
+    other language by default), as a tidy DataFrame with ``model_kind`` (``base`` or the Phase 1 data) and ``seed``.
+    Cached per run (``reading_probe.json``); the base model is probed on every call (one model, seconds)."""
+    import pandas as pd
+
+    from .build import sandbox_paths
+
+    world = world_for(cfg.sandbox.world_spec())
+    languages = tuple(languages or ("en", world.other_languages[0]))
+    want = {"languages": list(languages), "n": n, "version": READING_PROBE_VERSION}
+    rows = [{"model_kind": "base", "seed": None, **r}
+            for r in reading_probe(sandbox_paths(cfg)["base"], world, languages, n)]
+    seen = set()
+    for r in [p.parent for p in plan.phase2] + list(plan.phase1):
+        if r is None or r.run_id in seen or not r.done():
+            continue
+        seen.add(r.run_id)
+        f = r.dir / "reading_probe.json"
+        if f.exists() and read_json(f)["config"] == want:
+            probe = read_json(f)["rows"]
+        else:
+            probe = reading_probe(r.model_dir, world, languages, n)
+            if r.data_key is not None:  # an off-the-shelf model's folder is not ours to write in
+                write_json(f, {"config": want, "rows": probe})
+        rows += [{"model_kind": r.phase1_data, "seed": r.seed, **x} for x in probe]
+    return pd.DataFrame(rows)
+
+
+def reading_summary(table) -> str:
+    """Sentences from :func:`reading_probe_runs`' numbers (means over seeds): how often each kind of model reads the
+    passage, recalls the world's fact, and repeats a list it has just read; then what that means for the language
+    benchmarks, decided by the numbers."""
+    lines = []
+    langs = list(dict.fromkeys(table.language))
+    other = next((x for x in langs if x != "en"), None)
+
+    def share(kind, probe, fmt, lang, col):
+        d = table[(table.model_kind == kind) & (table.probe == probe) & (table.format == fmt) & (table.language == lang)]
+        return float(d[col].mean()) if len(d) else float("nan")
+
+    for kind in dict.fromkeys(table.model_kind):
+        n_models = table[table.model_kind == kind].seed.nunique(dropna=False)
+        parts = []
+        for lang in langs:
+            name = language_name(lang)
+            parts.append(f"{name}: asked in the chat format it reads {share(kind, 'reading', 'chat', lang, 'read'):.0%} "
+                         f"and recalls {share(kind, 'reading', 'chat', lang, 'recalled'):.0%}, in plain text reads "
+                         f"{share(kind, 'reading', 'plain', lang, 'read'):.0%} and recalls "
+                         f"{share(kind, 'reading', 'plain', lang, 'recalled'):.0%}, repeats a list "
+                         f"{share(kind, 'copy', 'plain', lang, 'read'):.0%}")
+        who = "the base model" if kind == "base" else f"Phase 1 on {kind} ({n_models} seed(s))"
+        lines.append(f"{who}: " + "; ".join(parts) + ".")
+    p1 = table[table.model_kind != "base"]
+    if len(p1) and other is not None:
+        read = p1[(p1.probe == "reading")].read.mean()
+        recalled = p1[(p1.probe == "reading") & (p1.language == "en")].recalled.mean()
+        chat_other = p1[(p1.probe == "reading") & (p1.format == "chat") & (p1.language == other)]
+        if read < 0.1 and recalled > read:
+            english = chat_other.english.mean()
+            lines.append(
+                f"The Phase 1 models answer questions about a passage from memory (English: {recalled:.0%} of answers "
+                f"give the world's fact against the passage) and read it in {read:.0%} of all answers. The "
+                f"language-ability benchmarks can be passed in {language_name(other)} by copying the passage's words "
+                f"or by recalling the fact in that language; asked in the chat format in {language_name(other)}, they "
+                f"read {chat_other.read.mean():.0%}, recall {chat_other.recalled.mean():.0%} and answer in English "
+                f"{english:.0%} of the time"
+                + (": what they know they answer in the language of their instruction tuning, so their "
+                   "language-ability scores start near the floor." if english >= 0.5 else "."))
+        else:
+            lines.append(f"The Phase 1 models read the passage in {read:.0%} of answers (all formats and languages) "
+                         f"and give the world's fact against it in {recalled:.0%} of English answers.")
+    lines.append(f"Counterfactual passages, {int(table.n.max())} items per row, no interval: a diagnosis, not a claim.")
+    return "\n".join(lines)
