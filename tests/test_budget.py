@@ -85,3 +85,25 @@ def test_findings_render_the_budget_and_timing_from_the_snapshot_meta():
     out = findings.render(claims, meta)
     assert "30.0 min wall" in out and "1.89x wall" in out and "01 10.0" in out
     assert "| training seeds | test items |" in out and "| 10 | 4x |" in out
+
+
+def test_benchmarks_that_cannot_grow_keep_their_items_in_the_projection():
+    truth = intervals.Components(0.0, 0.09, 0.01, 3, 200)
+    grows, fixed = intervals.projected_half_width({"b": truth}, 3, 4.0), intervals.projected_half_width(
+        {"b": truth}, 3, 4.0, fixed_items={"b"})
+    assert grows < fixed == pytest.approx(intervals.projected_half_width({"b": truth}, 3, 1.0))
+    # a table where B1 is fixed: more items only shrink B2's part, so the one-benchmark cell does not move
+    table = budget.budget_table(_precision(), None, None, seeds=(3,), item_factors=(1, 4), fixed_items=["B1"])
+    assert table.set_index("item_factor").loc[4, "half_width_min"] == pytest.approx(
+        table.set_index("item_factor").loc[1, "half_width_min"])
+    text = "\n".join(budget.render_budget(_precision(), None, None, fixed_items=["B1"]))
+    assert "but the B1-like, which already hold every item" in text
+    assert "but the" not in "\n".join(budget.render_budget(_precision(), None, None))
+
+
+def test_fixed_size_benchmarks_per_profile():
+    from cft_utils.config import load_config
+
+    assert sorted(budget.fixed_size_benchmarks(load_config("sandbox"))) == ["HellaSwag", "MMLU"]
+    paper = load_config("paper")
+    assert budget.fixed_size_benchmarks(paper) == list(paper.evaluation.benchmarks)  # public sets cannot grow

@@ -17,7 +17,7 @@ not assumed. Margins for "kept" are parameters of the profile (``claims:``), sta
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -315,10 +315,11 @@ def precision_components(items: pd.DataFrame) -> pd.DataFrame:
 
 
 def projected_widths(precision: pd.DataFrame, seeds: Sequence[int], item_factors: Sequence[float],
-                     level: float = 0.95) -> pd.DataFrame:
+                     level: float = 0.95, fixed_items: Collection[str] = ()) -> pd.DataFrame:
     """95 % half-widths each cell's measure would have with ``seeds`` training seeds and ``item_factors`` times the
     test items (normal approximation from the variance components; at today's sizes it is a little narrower than
-    the bootstrap interval, which counts the seed-by-item interaction twice)."""
+    the bootstrap interval, which counts the seed-by-item interaction twice). Benchmarks in ``fixed_items`` keep
+    their item count."""
     from .intervals import Components, projected_half_width
 
     rows = []
@@ -328,7 +329,7 @@ def projected_widths(precision: pd.DataFrame, seeds: Sequence[int], item_factors
         for s in seeds:
             for f in item_factors:
                 rows.append({"cell": cell, "measure": measure, "n_seeds": s, "item_factor": f,
-                             "half_width": projected_half_width(comps, s, f, level)})
+                             "half_width": projected_half_width(comps, s, f, level, fixed_items)})
     return pd.DataFrame(rows, columns=["cell", "measure", "n_seeds", "item_factor", "half_width"])
 
 

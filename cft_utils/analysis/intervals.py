@@ -16,7 +16,7 @@ benchmark's items are resampled on their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,14 +198,16 @@ def variance_components(d) -> Components:
 
 
 def projected_half_width(components: Mapping[str, Components], n_seeds: int, item_factor: float = 1.0,
-                         level: float = 0.95) -> float:
+                         level: float = 0.95, fixed_items: Collection[str] = ()) -> float:
     """Normal-approximation half-width of the mean over benchmarks of the mean differences, with ``n_seeds``
-    seeds and ``item_factor`` times each benchmark's items (what a bigger test set or more seeds would give)."""
+    seeds and ``item_factor`` times each benchmark's items (what a bigger test set or more seeds would give), except
+    the benchmarks in ``fixed_items``, whose item count cannot grow (they keep theirs)."""
     from scipy import stats
 
     if not components:
         return float("nan")
-    var = sum(c.variance_of_mean(n_seeds, c.n_items * item_factor) for c in components.values())
+    var = sum(c.variance_of_mean(n_seeds, c.n_items * (1.0 if b in fixed_items else item_factor))
+              for b, c in components.items())
     return float(stats.norm.ppf(0.5 + level / 2) * np.sqrt(var) / len(components))
 
 

@@ -11,7 +11,9 @@ Three measured inputs, all written by a finished ``make reproduce``:
 :func:`budget_table` extrapolates: the half-width from the components (normal approximation), and the wall time by
 scaling the measured CPU time — the fixed part (world, pre-training, analyses), training per seed, evaluation per
 seed and test-set size — back to wall time with the parallelism the run reached. Item counts scale evaluation only
-(the sandbox's items are generated, so more cost nothing to make; the MMLU-like set is bounded by the world's facts).
+(the sandbox's items are generated, so more cost nothing to make), and not every benchmark's: the MMLU-like and
+HellaSwag-like sets already hold every fact and thing of the world (:func:`fixed_size_benchmarks`), so their item
+counts stay as they are in the projected half-widths.
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def measured_costs(cfg) -> dict:
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
 
 
+def fixed_size_benchmarks(cfg) -> list[str]:
+    """Benchmarks whose item count cannot grow: in the sandbox those that enumerate the world
+    (``cft_utils.sandbox.bench.FIXED_SIZE_BENCHMARKS``); elsewhere every benchmark (public test sets are what
+    they are)."""
+    if cfg.sandbox is not None:
+        from ..sandbox.bench import FIXED_SIZE_BENCHMARKS
+
+        return [b for b in cfg.evaluation.benchmarks if b in FIXED_SIZE_BENCHMARKS]
+    return list(cfg.evaluation.benchmarks)
+
+
 def projected_minutes(costs: dict, timing: dict, n_seeds: int, item_factor: float) -> float:
     """`make reproduce` wall minutes with ``n_seeds`` seeds and ``item_factor`` times the test items, from the
     measured run: CPU seconds rescaled part by part, divided by the measured CPU/wall ratio."""
@@ -69,10 +82,12 @@ def projected_minutes(costs: dict, timing: dict, n_seeds: int, item_factor: floa
 
 def budget_table(precision: pd.DataFrame, costs: dict | None, timing: dict | None,
                  seeds: Sequence[int] = (1, 2, 3, 5, 10), item_factors: Sequence[float] = (1, 2, 4),
-                 measure: str = "ΔTA_avg (P2 − P1)") -> pd.DataFrame:
+                 measure: str = "ΔTA_avg (P2 − P1)", fixed_items: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (seeds, item factor): the widest and narrowest projected half-width of ``measure`` over the
-    cells, and the projected `make reproduce` minutes (missing without costs and timing)."""
-    widths = projected_widths(precision[precision["measure"] == measure], seeds, item_factors)
+    cells (benchmarks in ``fixed_items`` keep their item count), and the projected `make reproduce` minutes
+    (missing without costs and timing; they scale every benchmark's evaluation, an upper bound)."""
+    widths = projected_widths(precision[precision["measure"] == measure], seeds, item_factors,
+                              fixed_items=fixed_items)
     rows = []
     for (s, f), g in widths.groupby(["n_seeds", "item_factor"], sort=True):
         minutes = projected_minutes(costs, timing, s, f) if costs and timing else float("nan")
@@ -81,17 +96,20 @@ def budget_table(precision: pd.DataFrame, costs: dict | None, timing: dict | Non
     return pd.DataFrame(rows, columns=["n_seeds", "item_factor", "half_width_max", "half_width_min", "minutes"])
 
 
-def render_budget(precision: pd.DataFrame, costs: dict | None, timing: dict | None) -> list[str]:
+def render_budget(precision: pd.DataFrame, costs: dict | None, timing: dict | None,
+                  fixed_items: Sequence[str] = ()) -> list[str]:
     """Markdown lines: the budget table with how it was made (empty without variance components)."""
     if precision is None or precision.empty:
         return []
-    table = budget_table(precision, costs, timing)
+    table = budget_table(precision, costs, timing, fixed_items=fixed_items)
+    fixed = sorted(set(fixed_items) & set(precision["benchmark"]))
+    kept = (f" but {' and '.join(f'the {b}-like' for b in fixed)}, which already hold every item the world makes "
+            "(their item counts stay as they are)") if fixed else ""
     lines = ["", "What more compute would buy (projected from this run's variance components over seeds and test "
              "items, and its measured costs; `cft_utils.report.budget`): the 95 % half-width of the P1 → P2 "
              "task-ability difference, widest and narrowest over the cells, and the minutes `make reproduce` would "
-             "take on the same machine. More test items means more generated items for every benchmark but the "
-             "MMLU-like one, which already asks every fact of the world (the projection scales it too: read the "
-             "item columns as an upper bound on what items buy).", "",
+             f"take on the same machine. More test items means more generated items for every benchmark{kept}; "
+             "the minutes scale every benchmark's evaluation (an upper bound).", "",
              "| training seeds | test items | half-width (widest cell) | half-width (narrowest cell) | minutes |",
              "|---|---|---|---|---|"]
     for r in table.itertuples():

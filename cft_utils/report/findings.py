@@ -43,7 +43,7 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
         raise FileNotFoundError(f"{src}: no claims yet; run `make reproduce PROFILE={cfg.profile}` first")
     from ..analysis.claims import grid_precision
     from ..paths import reports_dir
-    from .budget import measured_costs
+    from .budget import fixed_size_benchmarks, measured_costs
 
     out = snapshot_dir(cfg.output_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,8 +71,20 @@ def take_snapshot(cfg, runtime_s: float | None = None, commit: str | None = None
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "reproduce_seconds": runtime_s,
         "timing": timing, "costs": measured_costs(cfg), "previous_run": previous,
         "precision": json.loads(precision.to_json(orient="records", force_ascii=False)),
-        "instrument": json.loads(instrument.to_json(orient="records", force_ascii=False))})
+        "instrument": json.loads(instrument.to_json(orient="records", force_ascii=False)),
+        "fixed_size_benchmarks": fixed_size_benchmarks(cfg)})
     return out
+
+
+def _fixed_size_default(meta: dict) -> list[str]:
+    """For a snapshot taken before ``fixed_size_benchmarks`` was recorded: its profile's, read from the profile."""
+    from ..config import load_config
+    from .budget import fixed_size_benchmarks
+
+    try:
+        return fixed_size_benchmarks(load_config(meta["profile"], meta.get("overrides") or {}))
+    except (FileNotFoundError, KeyError, ValueError):
+        return []
 
 
 def previous_run(out: Path, new_claims: Path) -> dict | None:
@@ -184,7 +196,8 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
     if meta.get("precision"):
         from .budget import render_budget
 
-        lines += render_budget(pd.DataFrame(meta["precision"]), meta.get("costs"), timing)
+        lines += render_budget(pd.DataFrame(meta["precision"]), meta.get("costs"), timing,
+                               meta.get("fixed_size_benchmarks", _fixed_size_default(meta)))
     if robustness is not None and len(robustness):
         from .robustness import summary
 

@@ -50,6 +50,9 @@ from .world import (
 BENCH_VERSION = 3  # 2: MMLU-like questions on sizes too (171 items); 3: QA contexts state the world's facts
 TA_TASKS = ("sb_ifeval", "sb_alpacaeval", "sb_mmlu", "sb_hellaswag")
 LA_BENCHMARKS = {"MLQA": "sb_mlqa", "XQuAD": "sb_xquad", "XLSum": "sb_xlsum"}
+# Benchmarks whose items enumerate the world (every fact, every thing's stories): more items need a bigger world,
+# not more drawing. The others draw as many items as asked (the held-out split, ``n_la`` per language).
+FIXED_SIZE_BENCHMARKS = ("MMLU", "HellaSwag")
 # IFEval instruction ids for the world's verifiable constraints (cft_utils.sandbox.world.apply_constraint).
 CONSTRAINT_TO_IFEVAL = {"end_word": "startend:end_checker", "quotes": "startend:quotation"}
 REFERENCE_GENERATOR = "sandbox-reference-half-gold"
