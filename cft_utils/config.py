@@ -112,6 +112,14 @@ class SandboxSpec(_Strict):
         "the same share). The paper's base models saw mostly English (LLaMA-2: ~90 %).")
     shared_concept_names: bool = Field(
         default=True, description="Names of the world's things are the same in every language (like proper nouns).")
+    reading_counterfactual_share: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Share of the corpus's reading passages whose statements contradict the world's "
+        "facts, so that their answer must be read, not recalled (None: 0).")
+    n_copy_documents: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Extra pre-training documents repeating a list (the in-context copy reading "
+        "builds on; None: 0).")
+    n_reading_documents: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Extra counterfactual reading passages with a question and its answer (None: 0).")
     model: SandboxModelSpec = Field(default_factory=SandboxModelSpec)
 
     @field_validator("languages")

@@ -360,6 +360,13 @@ class WorldSpec:
     english_share: float | None = None
     # concept names are shared by all languages (like proper nouns); function words are translated
     shared_concept_names: bool = True
+    # share of the corpus's reading passages whose statements contradict the world's facts (drawn at random), so
+    # that their answer must be read from the passage, not recalled (None: 0, every passage states the facts)
+    reading_counterfactual_share: float | None = None
+    # extra pre-training documents (None: 0): list repetitions ("the list is : a , b . again : a , b ."), the
+    # in-context copy that reading builds on, and counterfactual reading passages with a question and its answer
+    n_copy_documents: int | None = None
+    n_reading_documents: int | None = None
 
     def world_id(self) -> str:
         # WORLD_VERSION changes whenever the generators change, so caches built by older code are not reused.
@@ -529,9 +536,15 @@ class World:
         web corpora in every language: real base models can answer a question about a passage in its language
         before any instruction tuning (the paper's Phase 1 models score 0.18-0.46 on its language benchmarks).
         Without them the sandbox's Phase 1 models answered every non-English question in English (language
-        ability at the floor)."""
+        ability at the floor). Passages that state the world's facts can be answered from memory;
+        ``reading_counterfactual_share`` makes a share of them contradict the facts, so that only reading answers
+        them, and ``n_copy_documents`` / ``n_reading_documents`` add list repetitions and counterfactual passages
+        (:meth:`_extra_documents`): a tiny model forms an in-context copy only when the corpus asks for one often
+        enough (cft_utils.sandbox.probe.reading_probe measures both)."""
         rng = random.Random(f"{self.spec.seed}-corpus")
         lang_rng = random.Random(f"{self.spec.seed}-corpus-languages")  # its own stream: the documents stay the same
+        cf_rng = random.Random(f"{self.spec.seed}-corpus-reading")  # likewise for the counterfactual passages
+        cf_share = self.spec.reading_counterfactual_share or 0.0
         langs = self.spec.languages
         others = self.other_languages
         share = self.spec.english_share
@@ -572,13 +585,8 @@ class World:
             elif kind == 6:  # a reading passage and a question about it, answered (question-answer web text)
                 ns = rng.sample(names, rng.randint(2, 3))
                 k = rng.randrange(len(ns))
-                if rng.random() < 0.5:
-                    sents = [f"the {n} is {self.facts[n].colour} ." for n in ns]
-                    qa = f"what colour is the {ns[k]} ? answer : {self.facts[ns[k]].colour} ."
-                else:
-                    sents = [f"the {n} is found in the {self.facts[n].place} ." for n in ns]
-                    qa = f"where is the {ns[k]} found ? answer : {self.facts[ns[k]].place} ."
-                text = f"text : {' '.join(sents)} question : {qa}"
+                counterfactual = cf_share > 0 and cf_rng.random() < cf_share
+                text = self._passage(ns, k, rng.random() < 0.5, cf_rng if counterfactual else None)
             else:  # parallel and code-switched text, and dictionary lines: the cross-lingual glue
                 other = rng.choice(self.other_languages)
                 sents = fact_sentences(self.facts[rng.choice(names)])
@@ -591,6 +599,40 @@ class World:
                 docs.append(text)
                 continue
             docs.append(self.translate(text, lang))
+        docs += self._extra_documents()
+        return docs
+
+    def _passage(self, names: list[str], k: int, colour: bool, counterfactual: random.Random | None) -> str:
+        """A reading passage about ``names`` and a question about ``names[k]`` (its colour, else its place), answered.
+        With a ``counterfactual`` generator the passage's values are drawn from it instead of the world's facts."""
+        if colour:
+            val = {n: counterfactual.choice(COLOURS) if counterfactual else self.facts[n].colour for n in names}
+            sents, question = [f"the {n} is {val[n]} ." for n in names], f"what colour is the {names[k]} ?"
+        else:
+            val = {n: counterfactual.choice(PLACES[self.facts[n].category]) if counterfactual else self.facts[n].place
+                   for n in names}
+            sents, question = [f"the {n} is found in the {val[n]} ." for n in names], f"where is the {names[k]} found ?"
+        return f"text : {' '.join(sents)} question : {question} answer : {val[names[k]]} ."
+
+    def _extra_documents(self) -> list[str]:
+        """``n_copy_documents`` list repetitions and ``n_reading_documents`` counterfactual reading passages, each in
+        a language drawn like the monolingual documents' (``english_share``)."""
+        spec = self.spec
+        rng = random.Random(f"{spec.seed}-corpus-extra")
+        names, others = list(self.facts), self.other_languages
+
+        def language() -> str:
+            if spec.english_share is None:
+                return rng.choice(spec.languages)
+            return "en" if rng.random() < spec.english_share else rng.choice(others)
+
+        docs = []
+        for _ in range(spec.n_copy_documents or 0):
+            lang, items = language(), rng.sample(names, rng.randint(3, 8))
+            docs.append(self.translate(f"the list is : {_lst(items)} . again : {_lst(items)} .", lang))
+        for _ in range(spec.n_reading_documents or 0):
+            lang, ns = language(), rng.sample(names, rng.randint(2, 4))
+            docs.append(self.translate(self._passage(ns, rng.randrange(len(ns)), rng.random() < 0.5, rng), lang))
         return docs
 
     # -- serialisation ---------------------------------------------------------------------------------
