@@ -196,8 +196,8 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
     if meta.get("precision"):
         from .budget import render_budget
 
-        lines += render_budget(pd.DataFrame(meta["precision"]), meta.get("costs"), timing,
-                               meta.get("fixed_size_benchmarks", _fixed_size_default(meta)))
+        fixed = meta["fixed_size_benchmarks"] if "fixed_size_benchmarks" in meta else _fixed_size_default(meta)
+        lines += render_budget(pd.DataFrame(meta["precision"]), meta.get("costs"), timing, fixed)
     if robustness is not None and len(robustness):
         from .robustness import summary
 
