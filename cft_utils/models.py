@@ -395,12 +395,19 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: in
     Prompts are sorted by length so batches waste little padding; results come back in the input order. A padded
     row decodes like the row alone (measured; STACK_NOTES).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     system_ok = supports_system_role(tokenizer)
     texts = [tokenizer.apply_chat_template(fit_messages(tokenizer, list(p), system_ok), tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
+    return generate_texts(model, tokenizer, texts, max_new_tokens, batch_size, progress)
+
+
+def generate_texts(model, tokenizer, texts: Sequence[str], max_new_tokens: int, batch_size: int,
+                   progress: bool = False) -> list[Generation]:
+    """Greedy continuations of raw ``texts`` (already templated, or plain text as in pre-training), batched,
+    left-padded, stopping at any stop token; :func:`generate` is this on chat prompts."""
+    import torch
+    from tqdm.auto import tqdm
+
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     stops = stop_token_ids(tokenizer, model)

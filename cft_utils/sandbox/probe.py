@@ -12,7 +12,7 @@ import random
 
 from ..io import read_json, write_json
 from ..languages import language_name
-from ..models import generate, load_model, load_tokenizer
+from ..models import generate, generate_texts, load_model, load_tokenizer
 from ..outputs import save_figure
 from .world import ANSWER_MARK, COLOURS, PLACES, World, final_answer, world_for
 
@@ -201,24 +201,8 @@ def _first_word(text: str) -> str:
 
 
 def plain_continuations(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy continuations of raw text (no chat template: the pre-training format), batched and left-padded."""
-    import torch
-
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return [t.strip() for t in out]
+    """Greedy continuations of raw text (no chat template: the pre-training format)."""
+    return [g.text for g in generate_texts(model, tokenizer, texts, max_new_tokens, batch_size)]
 
 
 def reading_probe(model_dir, world: World, languages=("en",), n: int = 40) -> list[dict]:
@@ -269,8 +253,7 @@ def score_copy(world: World, lang: str, items: list[dict], continuations: list[s
     return {"read": ok / n, "recalled": None, "english": None, "n": n}
 
 
-
-READING_PROBE_VERSION = 2
+READING_PROBE_VERSION = 3  # 3: plain continuations stop at a stop token
 
 
 def reading_probe_runs(cfg, plan, n: int = 40, languages: tuple[str, ...] | None = None):
