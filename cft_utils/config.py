@@ -86,6 +86,9 @@ class SandboxModelSpec(_Strict):
     epochs: Annotated[float, Field(gt=0)] = 3.0
     learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-3
     warmup_steps: Annotated[int, Field(ge=0)] = 30
+    num_threads: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="torch CPU threads for pre-training (None: training.num_threads). It runs alone, "
+        "before any other run; the count is part of the base model's id, as it changes the float reduction order.")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -120,6 +123,9 @@ class SandboxSpec(_Strict):
         "builds on; None: 0).")
     n_reading_documents: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="Extra counterfactual reading passages with a question and its answer (None: 0).")
+    n_dialogue_documents: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Pre-training dialogues: a question and its answer as a user and an assistant turn "
+        "in one language, in the tokenizer's chat format (None: 0).")
     model: SandboxModelSpec = Field(default_factory=SandboxModelSpec)
 
     @field_validator("languages")

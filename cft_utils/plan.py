@@ -143,8 +143,8 @@ def base_identity(cfg: ExperimentConfig, m: ModelSpec) -> dict:
     """What identifies a model's base in run ids: the sandbox world and base-model spec, or the model's content
     (:func:`model_identity`: a folder changed in place gets new run ids); and its chat-template setting."""
     if m.base == "sandbox":
-        return {"sandbox_world": cfg.sandbox.world_spec().world_id(), "sandbox_model": cfg.sandbox.model.model_dump(),
-                **chat_template_identity(m)}
+        return {"sandbox_world": cfg.sandbox.world_spec().world_id(), "sandbox_model": cfg.sandbox.model.model_dump(exclude_none=True),
+                **chat_template_identity(m)}  # fields left at None are left out: adding one renames no run
     return {**model_identity(m.base, m.revision), **chat_template_identity(m)}
 
 

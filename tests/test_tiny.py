@@ -31,5 +31,18 @@ def test_generation_prompt_is_the_trained_prefix(tiny_tokenizer):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     prompt = tiny_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     full = tiny_tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": "hello"}], tokenize=False)
-    assert prompt.endswith("<|assistant|>\n")
-    assert full.startswith(prompt) and full[len(prompt):] == "hello<|end|>\n"
+    assert prompt.endswith("<|assistant|>")
+    assert full.startswith(prompt) and full[len(prompt):] == "hello<|end|>"
+
+
+def test_a_turns_first_word_is_the_same_token_as_anywhere_else(tiny_tokenizer):
+    """World version 6: "<|assistant|>\\n" made a turn's first word another token than the same word in running
+    text, so an answer could only start with words the English Phase 1 data had put there."""
+    tok = tiny_tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hello"}],
+                                   tokenize=False)
+    ids = tok(text, add_special_tokens=False).input_ids
+    word = tok("say hello", add_special_tokens=False).input_ids[-1]
+    special = set(tok.all_special_ids)
+    words = [i for i in ids if i not in special]
+    assert words == [word, word]

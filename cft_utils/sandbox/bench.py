@@ -47,7 +47,8 @@ from .world import (
     apply_constraint,
 )
 
-BENCH_VERSION = 3  # 2: MMLU-like questions on sizes too (171 items); 3: QA contexts state the world's facts
+BENCH_VERSION = 4  # 2: MMLU-like questions on sizes too (171 items); 3: QA contexts state the world's facts;
+# 4: QA rows carry their language's answer cue ("answer :"), which ends the prompt as lm-eval's "Answer:" does
 TA_TASKS = ("sb_ifeval", "sb_alpacaeval", "sb_mmlu", "sb_hellaswag")
 LA_BENCHMARKS = {"MLQA": "sb_mlqa", "XQuAD": "sb_xquad", "XLSum": "sb_xlsum"}
 # Benchmarks whose items enumerate the world (every fact, every thing's stories): more items need a bigger world,
@@ -223,6 +224,9 @@ def hellaswag_items(world: World, train: TrainingInstructions) -> tuple[list[dic
 
 
 _QA_INTRO = "read the text and answer ."
+# The QA prompt ends with the answer cue in the item's language (doc_to_text "{{prompt}} {{cue}}"), as lm-eval's
+# MLQA and XQuAD prompts end with "Answer:": zero-shot, asked the way question-answer text is written.
+_QA_CUE = "answer :"
 
 
 def _qa_row(world, lang, qid, sentences, k, answer, question, train, from_right=True):
@@ -241,7 +245,7 @@ def _qa_row(world, lang, qid, sentences, k, answer, question, train, from_right=
     english = f"{_QA_INTRO} text : {' '.join(sentences)} question : {question}"
     if train.overlaps(prompt) or train.overlaps(english):
         return None
-    return {"id": qid, "context": ctx, "question": q, "prompt": prompt,
+    return {"id": qid, "context": ctx, "question": q, "prompt": prompt, "cue": world.translate(_QA_CUE, lang),
             "answers": {"text": [ans], "answer_start": [start]}, "language": lang}
 
 
@@ -329,7 +333,7 @@ def bench_dir(world_dir: Path) -> Path:
 
 def untranslated_words(world: World) -> list[str]:
     """English words of the benchmark templates that the world's lexicon cannot translate (left in English)."""
-    templates = [_QA_INTRO, "text :", "question :", "what colour is the", "where is the found ?",
+    templates = [_QA_INTRO, _QA_CUE, "text :", "question :", "what colour is the", "where is the found ?",
                  "summarize the text .", "the text is about the , that is .", "the is found in the ."]
     lexicon = next(iter(world.lexicon.values()), {})
     return sorted({w for t in templates for w in _WORD.findall(t)} - set(lexicon))

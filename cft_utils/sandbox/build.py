@@ -38,9 +38,12 @@ class BaseModelSpec:
     learning_rate: float = 3e-3
     warmup_steps: int = 30
     seed: int = 0
+    num_threads: int | None = None  # pre-training's CPU threads (None: the caller's)
 
     def model_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:10]
+        # Fields left at None are left out, so adding one does not rename the models built before it.
+        fields = {k: v for k, v in self.__dict__.items() if v is not None}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def world_dir(spec: WorldSpec, home: Path) -> Path:
@@ -49,6 +52,7 @@ def world_dir(spec: WorldSpec, home: Path) -> Path:
 
 def _all_texts(world: World) -> list[str]:
     texts = list(world.corpus())
+    texts += [m["content"] for d in world.dialogues() for m in d]
     for name in ("alpaca", "multialpaca", "openorca", "instruct"):
         for r in world.dataset(name):
             texts += [m["content"] for m in r["prompt"] + r["completion"]]
@@ -84,6 +88,9 @@ def pretrain_base_model(world: World, tokenizer, spec: BaseModelSpec, out_dir: P
     if num_threads:
         torch.set_num_threads(num_threads)
     docs = world.corpus()
+    dialogues = world.dialogues()
+    if dialogues:  # only when asked for: the documents' order (hence the base model) stays as it was without them
+        docs += [tokenizer.apply_chat_template(d, tokenize=False) for d in dialogues]
     random.Random(spec.seed).shuffle(docs)
     ids: list[int] = []
     for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
@@ -133,10 +140,12 @@ def ensure_sandbox(cfg: ExperimentConfig) -> dict[str, Path]:
             if name != "mopenorca":  # built by selective translation on first use (cft_utils.data)
                 write_jsonl(paths["world"] / "data" / f"{name}.jsonl", world.dataset(name))
         write_jsonl(paths["world"] / "data" / "corpus.jsonl", ({"text": t} for t in world.corpus()))
+        if world.spec.n_dialogue_documents:
+            write_jsonl(paths["world"] / "data" / "dialogues.jsonl", ({"messages": d} for d in world.dialogues()))
         write_json(paths["world"] / "lexicon.json", world.lexicon)
         write_json(paths["world"] / "facts.json", {k: v.__dict__ for k, v in world.facts.items()})
         write_json(paths["world"] / "world.json", world.describe())
     tok = build_tokenizer(world, paths["tokenizer"], vocab_size=cfg.sandbox.model.vocab_size)
     spec = BaseModelSpec(**cfg.sandbox.model.model_dump(), seed=cfg.seed)
-    pretrain_base_model(world, tok, spec, paths["base"], num_threads=cfg.training.num_threads)
+    pretrain_base_model(world, tok, spec, paths["base"], num_threads=spec.num_threads or cfg.training.num_threads)
     return paths

@@ -11,17 +11,19 @@ from pathlib import Path
 
 # One chat format for every locally built tokenizer. The {% generation %} markers let TRL compute an
 # assistant-only loss mask (``return_assistant_tokens_mask=True``) for conversational data.
+# No newline after a role token: with the byte-level pre-tokenizer's prefix space (train_bpe_tokenizer), a turn's first
+# word is then the same token as that word anywhere else in a text ("<|assistant|>red" -> "Ġred", as in "is red").
+# With "<|assistant|>\n" it was a different token ("red" after "Ċ"), which only the English Phase 1 data had taught:
+# the sandbox's Phase 1 models could not start an answer with a word of another language (world version 6).
 CHAT_TEMPLATE = (
-    # No whitespace control here: transformers renders chat templates with trim_blocks, and a stripped newline
-    # would make the generation prompt differ from what training saw (the prompt must end "<|assistant|>\n").
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "<|assistant|>\n{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}{{ '\n' }}"
+    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
     "{% else %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|unk|>"]
@@ -30,14 +32,16 @@ SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2):
     """Train a byte-level BPE on ``texts`` and wrap it as a transformers fast tokenizer with a chat template.
 
-    Byte-level means every Unicode string is representable (no unknown characters in any script).
+    Byte-level means every Unicode string is representable (no unknown characters in any script). Every piece of
+    text between special tokens gets a prefix space, so a word is one token wherever it stands (see CHAT_TEMPLATE);
+    the decoder drops that space again, so text round-trips.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])  # drop that prefix space
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,

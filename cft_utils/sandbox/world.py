@@ -44,7 +44,8 @@ from ..languages import LANGUAGE_NAMES, SANDBOX_LANGUAGES
 # ----------------------------------------------------------------------------------------------------------
 
 # Bump when a generator changes what a WorldSpec produces (it is part of the world id, hence of every cache key).
-WORLD_VERSION = 5  # 5: every statement about a thing in the instruction data agrees with the world's facts
+WORLD_VERSION = 6  # 5: every statement about a thing in the instruction data agrees with the world's facts;
+# 6: the world's tokenizer gives a turn's first word the same token as anywhere else (cft_utils.sandbox.tiny)
 
 _CYRILLIC = {
     "a": "а", "b": "б", "v": "в", "d": "д", "e": "е", "z": "з", "i": "и", "k": "к", "l": "л", "m": "м",
@@ -367,6 +368,9 @@ class WorldSpec:
     # in-context copy that reading builds on, and counterfactual reading passages with a question and its answer
     n_copy_documents: int | None = None
     n_reading_documents: int | None = None
+    # pre-training dialogues (None: 0): a user turn and an assistant turn in one language, in the tokenizer's chat
+    # format (World.dialogues); real base models have seen question-answer exchanges in many languages
+    n_dialogue_documents: int | None = None
 
     def world_id(self) -> str:
         # WORLD_VERSION changes whenever the generators change, so caches built by older code are not reused.
@@ -634,6 +638,33 @@ class World:
             lang, ns = language(), rng.sample(names, rng.randint(2, 4))
             docs.append(self.translate(self._passage(ns, rng.randrange(len(ns)), rng.random() < 0.5, rng), lang))
         return docs
+
+    def dialogues(self) -> list[list[dict]]:
+        """``n_dialogue_documents`` exchanges of a user and an assistant in one language (drawn like the monolingual
+        documents', ``english_share``): a question about a thing's colour or place answered with the fact, or a
+        passage with a question answered from it. Pre-training renders them with the tokenizer's chat template."""
+        spec = self.spec
+        rng = random.Random(f"{spec.seed}-corpus-dialogues")
+        names, others = list(self.facts), self.other_languages
+        out = []
+        for _ in range(spec.n_dialogue_documents or 0):
+            if spec.english_share is None:
+                lang = rng.choice(spec.languages)
+            else:
+                lang = "en" if rng.random() < spec.english_share else rng.choice(others)
+            if rng.random() < 0.5:
+                f = self.facts[rng.choice(names)]
+                if rng.random() < 0.5:
+                    user, answer = f"what colour is the {f.name} ?", f"the {f.name} is {f.colour} ."
+                else:
+                    user, answer = f"where is the {f.name} found ?", f"the {f.name} is found in the {f.place} ."
+            else:
+                ns = rng.sample(names, rng.randint(2, 3))
+                text = self._passage(ns, rng.randrange(len(ns)), rng.random() < 0.5, None)
+                user, _, answer = text.rpartition(" answer : ")
+            out.append([{"role": "user", "content": self.translate(user, lang)},
+                        {"role": "assistant", "content": self.translate(answer, lang)}])
+        return out
 
     # -- serialisation ---------------------------------------------------------------------------------
     def describe(self) -> dict:
