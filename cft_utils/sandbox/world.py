@@ -618,24 +618,25 @@ class World:
             sents, question = [f"the {n} is found in the {val[n]} ." for n in names], f"where is the {names[k]} found ?"
         return f"text : {' '.join(sents)} question : {question} answer : {val[names[k]]} ."
 
+    def _document_language(self, rng: random.Random) -> str:
+        """A language for one extra document or dialogue, drawn like the monolingual documents' (``english_share``;
+        None: every language alike)."""
+        if self.spec.english_share is None:
+            return rng.choice(self.spec.languages)
+        return "en" if rng.random() < self.spec.english_share else rng.choice(self.other_languages)
+
     def _extra_documents(self) -> list[str]:
         """``n_copy_documents`` list repetitions and ``n_reading_documents`` counterfactual reading passages, each in
         a language drawn like the monolingual documents' (``english_share``)."""
         spec = self.spec
         rng = random.Random(f"{spec.seed}-corpus-extra")
-        names, others = list(self.facts), self.other_languages
-
-        def language() -> str:
-            if spec.english_share is None:
-                return rng.choice(spec.languages)
-            return "en" if rng.random() < spec.english_share else rng.choice(others)
-
+        names = list(self.facts)
         docs = []
         for _ in range(spec.n_copy_documents or 0):
-            lang, items = language(), rng.sample(names, rng.randint(3, 8))
+            lang, items = self._document_language(rng), rng.sample(names, rng.randint(3, 8))
             docs.append(self.translate(f"the list is : {_lst(items)} . again : {_lst(items)} .", lang))
         for _ in range(spec.n_reading_documents or 0):
-            lang, ns = language(), rng.sample(names, rng.randint(2, 4))
+            lang, ns = self._document_language(rng), rng.sample(names, rng.randint(2, 4))
             docs.append(self.translate(self._passage(ns, rng.randrange(len(ns)), rng.random() < 0.5, rng), lang))
         return docs
 
@@ -645,13 +646,10 @@ class World:
         passage with a question answered from it. Pre-training renders them with the tokenizer's chat template."""
         spec = self.spec
         rng = random.Random(f"{spec.seed}-corpus-dialogues")
-        names, others = list(self.facts), self.other_languages
+        names = list(self.facts)
         out = []
         for _ in range(spec.n_dialogue_documents or 0):
-            if spec.english_share is None:
-                lang = rng.choice(spec.languages)
-            else:
-                lang = "en" if rng.random() < spec.english_share else rng.choice(others)
+            lang = self._document_language(rng)
             if rng.random() < 0.5:
                 f = self.facts[rng.choice(names)]
                 if rng.random() < 0.5:
