@@ -377,3 +377,28 @@ def test_in_notebook_is_false_in_a_script_without_importing_ipython():
     code = "import sys; from cft_utils.outputs import in_notebook; print(in_notebook(), 'IPython' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_sandbox_datasets_are_read_from_the_world_dump_once_it_is_complete(tmp_path, monkeypatch):
+    """Every training process loads its sandbox dataset; once the world is dumped (``world.json`` written last)
+    the loaders read the dump instead of generating the records again, and get the same records."""
+    from cft_utils.config import load_config
+    from cft_utils.sandbox import world as world_mod
+    from cft_utils.sandbox.build import dump_world, sandbox_paths
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path))
+    cfg = load_config("smoke")
+    generated = {k: load_records(cfg, k) for k in ("alpaca", "multialpaca", "openorca")}
+    wd = sandbox_paths(cfg)["world"]
+    dump_world(world_mod.world_for(cfg.sandbox.world_spec()), wd)
+    assert (wd / "world.json").exists() and (wd / "data" / "alpaca.jsonl").exists()
+
+    def no_generation(self, name):
+        raise AssertionError(f"generated {name} although the world is dumped")
+
+    monkeypatch.setattr(world_mod.World, "dataset", no_generation)
+    for k, recs in generated.items():
+        assert load_records(cfg, k) == recs
+    (wd / "world.json").unlink()  # an incomplete dump is not read
+    with pytest.raises(AssertionError, match="generated alpaca"):
+        load_records(cfg, "alpaca")

@@ -131,20 +131,28 @@ def sandbox_paths(cfg: ExperimentConfig) -> dict[str, Path]:
     return {"world": wd, "tokenizer": wd / "tokenizer", "base": wd / f"base-{spec.model_id()}"}
 
 
+def dump_world(world: World, wd: Path) -> None:
+    """Write the world's datasets, corpus, dialogues, lexicon and facts under ``wd`` (once), ``world.json`` last:
+    its presence says the dump is complete (the loaders then read the datasets from it)."""
+    wd = Path(wd)
+    if (wd / "world.json").exists():
+        return
+    for name in SANDBOX_DATASETS:
+        if name != "mopenorca":  # built by selective translation on first use (cft_utils.data)
+            write_jsonl(wd / "data" / f"{name}.jsonl", world.dataset(name))
+    write_jsonl(wd / "data" / "corpus.jsonl", ({"text": t} for t in world.corpus()))
+    if world.spec.n_dialogue_documents:
+        write_jsonl(wd / "data" / "dialogues.jsonl", ({"messages": d} for d in world.dialogues()))
+    write_json(wd / "lexicon.json", world.lexicon)
+    write_json(wd / "facts.json", {k: v.__dict__ for k, v in world.facts.items()})
+    write_json(wd / "world.json", world.describe())
+
+
 def ensure_sandbox(cfg: ExperimentConfig) -> dict[str, Path]:
     """Build (once) the sandbox world's data dump, tokenizer and pre-trained base model; return their paths."""
     paths = sandbox_paths(cfg)
     world = world_for(cfg.sandbox.world_spec())
-    if not (paths["world"] / "world.json").exists():
-        for name in SANDBOX_DATASETS:
-            if name != "mopenorca":  # built by selective translation on first use (cft_utils.data)
-                write_jsonl(paths["world"] / "data" / f"{name}.jsonl", world.dataset(name))
-        write_jsonl(paths["world"] / "data" / "corpus.jsonl", ({"text": t} for t in world.corpus()))
-        if world.spec.n_dialogue_documents:
-            write_jsonl(paths["world"] / "data" / "dialogues.jsonl", ({"messages": d} for d in world.dialogues()))
-        write_json(paths["world"] / "lexicon.json", world.lexicon)
-        write_json(paths["world"] / "facts.json", {k: v.__dict__ for k, v in world.facts.items()})
-        write_json(paths["world"] / "world.json", world.describe())
+    dump_world(world, paths["world"])
     tok = build_tokenizer(world, paths["tokenizer"], vocab_size=cfg.sandbox.model.vocab_size)
     spec = BaseModelSpec(**cfg.sandbox.model.model_dump(), seed=cfg.seed)
     pretrain_base_model(world, tok, spec, paths["base"], num_threads=spec.num_threads or cfg.training.num_threads)
