@@ -70,37 +70,69 @@ def exact_match_probe(model_dir, world: World, families=("A", "B", "C"), languag
     return rows
 
 
-def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[str, ...] | None = None):
+PROBE_VERSION = 3
+
+
+def probe_runs(plan, world: World, families=("A", "B", "C"), languages: tuple[str, ...] | None = None, cfg=None,
+               workers: int | None = None):
     """Exact-match probe of every Phase 2 run and its Phase 1 parent (P1 vs P2), as a tidy DataFrame.
 
-    Probes are cached in each run's folder (``probe.json``), so a rerun costs nothing.
+    Probes are cached in each run's folder (``probe.json``), so a rerun costs nothing. Given the profile's ``cfg``,
+    checkpoints not probed yet are spread over the executor's worker processes (``workers``, default: one per
+    core); the rows do not depend on where they were computed (greedy decoding, one checkpoint per process).
     """
     import pandas as pd
 
-    languages = languages or ("en", world.other_languages[0])
+    languages = tuple(languages or ("en", world.other_languages[0]))
+    want = {"families": list(families), "languages": list(languages), "version": PROBE_VERSION}
     cache: dict[str, list[dict]] = {}
 
-    def probe(run) -> list[dict]:
-        key = str(run.model_dir)
-        if key not in cache:
-            f = run.dir / "probe.json"
-            want = {"families": list(families), "languages": list(languages), "version": 3}
-            if f.exists() and read_json(f)["config"] == want:
-                cache[key] = read_json(f)["rows"]
-            else:
-                cache[key] = exact_match_probe(run.model_dir, world, families, languages)
-                if run.data_key is not None:
-                    write_json(f, {"config": want, "rows": cache[key]})
-        return cache[key]
+    def cached(run) -> list[dict] | None:
+        f = run.dir / "probe.json"
+        if f.exists() and read_json(f)["config"] == want:
+            return read_json(f)["rows"]
+        return None
+
+    def store(run, rows: list[dict]) -> None:
+        cache[str(run.model_dir)] = rows
+        if run.data_key is not None:
+            write_json(run.dir / "probe.json", {"config": want, "rows": rows})
+
+    checkpoints = list({str(r.model_dir): r for p2 in plan.phase2 for r in (p2.parent, p2)}.values())
+    todo = []
+    for run in checkpoints:
+        rows = cached(run)
+        if rows is None:
+            todo.append(run)
+        else:
+            cache[str(run.model_dir)] = rows
+    if cfg is not None and len(todo) > 1:
+        from ..executor import default_workers, parallel_map
+
+        n = workers or default_workers(cfg)
+        if n > 1:
+            calls = [(cfg.source_file, dict(cfg.overrides), r.name, tuple(families), languages) for r in todo]
+            for run, rows in zip(todo, parallel_map(probe_named_run, calls, n), strict=True):
+                store(run, rows)
+            todo = []
+    for run in todo:
+        store(run, exact_match_probe(run.model_dir, world, families, languages))
 
     rows = []
     for r in plan.phase2:
-        parent = r.parent
-        for ckpt, run in (("P1", parent), ("P2", r)):
-            for row in probe(run):
+        for ckpt, run in (("P1", r.parent), ("P2", r)):
+            for row in cache[str(run.model_dir)]:
                 rows.append({"model": r.model, "phase1_data": r.phase1_data, "phase2_data": r.phase2_data,
                              "strategy": r.strategy, "checkpoint": ckpt, "seed": r.seed, **row})
     return pd.DataFrame(rows)
+
+
+def probe_named_run(params_file: str, overrides: dict, name: str, families: tuple, languages: tuple) -> list[dict]:
+    """In a worker process: :func:`exact_match_probe` of the run called ``name`` of the profile."""
+    from ..executor import worker_context
+
+    cfg, runs = worker_context(params_file, overrides)
+    return exact_match_probe(runs[name].model_dir, world_for(cfg.sandbox.world_spec()), families, languages)
 
 
 def probe_summary(probe, similarity=None, language: str = "en") -> str:
