@@ -23,10 +23,11 @@ from benchlib import PY, REPO, RESULTS, machine
 
 # In the order they run; the training benchmarks last but one (the longest), the read-only one last.
 BENCHES = ["bench_tokenized", "bench_generate", "bench_mpd_memory", "bench_train_vs_trl", "bench_padding_free",
-           "bench_executor", "bench_reproduce"]
+           "bench_attention", "bench_executor", "bench_reproduce"]
 # bench script -> result file stem(s) it writes
 RESULT_OF = {"bench_tokenized": ["tokenized"], "bench_generate": ["generate"], "bench_mpd_memory": ["mpd_memory"],
              "bench_train_vs_trl": ["train_vs_trl"], "bench_padding_free": ["padding_free", "padding_free_loss"],
+             "bench_attention": ["attention"],
              "bench_executor": ["executor"], "bench_reproduce": ["reproduce"]}
 
 WHEN_TO_PACK = """\

@@ -205,6 +205,10 @@ class TrainingSpec(_Strict):
         default="auto", description="'auto': bf16 where the hardware has it, else fp32.")
     padding_free: bool = Field(
         default=False, description="TRL padding-free batching (a win on GPU with flash attention; slower on CPU).")
+    attn_implementation: Literal["sdpa", "eager", "sdpa_packed", "flash_attention_2", "flash_attention_3"] | None = Field(
+        default=None, description="Attention while training (None: the model's own, transformers' sdpa). "
+        "'sdpa_packed' (cft_utils.attention): a padding-free row's sequences attend each to itself instead of through "
+        "a mask over the whole row (CPU); needs padding_free.")
     gradient_checkpointing: bool = False
     logging_steps: Annotated[int, Field(gt=0)] = 10
     save_steps: Annotated[int, Field(gt=0)] = 200
@@ -238,6 +242,8 @@ class TrainingSpec(_Strict):
                 f"global_batch_size {self.global_batch_size} != per_device_batch_size {self.per_device_batch_size}"
                 f" x gradient_accumulation_steps {self.gradient_accumulation_steps} x num_processes "
                 f"{self.num_processes} = {product}")
+        if self.attn_implementation == "sdpa_packed" and not self.padding_free:
+            raise ValueError("attn_implementation sdpa_packed attends per packed sequence: it needs padding_free: true")
         if self.save_steps % self.logging_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of logging_steps "
                              f"({self.logging_steps}) so a resumed run logs the same losses")

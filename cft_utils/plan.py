@@ -78,10 +78,12 @@ def model_spec(cfg: ExperimentConfig, name: str) -> ModelSpec:
 
 def semantic_hparams(h: TrainingSpec) -> dict:
     """The hyper-parameters that change what is learnt (the part of a run id they contribute). Extra TRL arguments
-    (``trl``) count when given; left empty they are left out, so runs planned before the field existed keep their ids."""
+    (``trl``) and the training attention count when given; left unset they are left out, so runs planned before the
+    fields existed keep their ids."""
     d = h.model_dump(exclude=NON_SEMANTIC_HPARAMS)
-    if not d.get("trl"):
-        d.pop("trl", None)
+    for optional in ("trl", "attn_implementation"):  # fields added later: left out when unset
+        if not d.get(optional):
+            d.pop(optional, None)
     return d
 
 

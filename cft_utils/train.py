@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from .attention import training_attention
 from .config import ExperimentConfig, ModelSpec, TrainingSpec, load_config, parse_set
 from .data.loaders import load_records
 from .data.schema import validate_record
@@ -307,7 +308,8 @@ def _train(run: RunPlan, cfg: ExperimentConfig, callbacks: list | None = None, f
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    with training_attention(model, h.attn_implementation):  # the saved model keeps its own attention
+        trainer.train(resume_from_checkpoint=resume)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if peft_config is not None:  # merge the adapters: evaluation and MPD read a plain model
         model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
