@@ -33,7 +33,9 @@ def run_once(padding_free: bool, sets: list[str], threads: int, seed: int | None
     from cft_utils.config import load_config, parse_set
     from cft_utils.plan import plan_runs
 
-    sets = [*sets, f"training.padding_free={str(padding_free).lower()}", f"training.num_threads={threads}"]
+    # Batching alone: both arms attend with transformers' sdpa (the per-sequence attention has bench_attention.py).
+    sets = [*sets, f"training.padding_free={str(padding_free).lower()}", f"training.num_threads={threads}",
+            "training.attn_implementation=null"]
     if seed is not None:
         sets += [f"seeds=[{seed}]"]
     cfg = load_config("sandbox", parse_set(sets))
