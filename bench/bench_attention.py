@@ -1,5 +1,5 @@
 """Benchmark: per-sequence attention for padding-free rows (``training.attn_implementation: sdpa_packed``) vs
-transformers' ``sdpa`` over the whole row with a block-diagonal mask (the default).
+transformers' ``sdpa`` over the whole row with a block-diagonal mask (transformers' default).
 
 With padding-free batches a step's 16 sequences are one row; masked ``sdpa`` scores every query against every key
 of the row, so its cost grows with the square of the row's length, while ``sdpa_packed`` (cft_utils.attention)
@@ -62,7 +62,7 @@ def main() -> None:
         a, b = alternate(arm("packed"), arm("masked"), reps)
         ratios.append(ratio(f"padding-free attention per sequence vs masked row ({data}-like, ~"
                             f"{a[0]['tokens_per_row']} tokens/row)", "attn_implementation: sdpa_packed",
-                            "sdpa with a block-diagonal mask (default)", [x["train_s"] for x in a],
+                            "sdpa with a block-diagonal mask (transformers' default)", [x["train_s"] for x in a],
                             [x["train_s"] for x in b], higher_is_better=False, unit="x tokens/s"))
         runs[data] = {"packed": a, "masked": b,
                       "train_loss_rel_diff": abs(a[-1]["train_loss"] - b[-1]["train_loss"]) / abs(b[-1]["train_loss"])}

@@ -20,8 +20,7 @@ from pathlib import Path
 from ..config import DatasetSpec, ExperimentConfig
 from ..io import read_jsonl
 from ..languages import MULTIALPACA_LANGUAGES
-from ..paths import cft_home
-from ..sandbox.build import world_dir
+from ..sandbox.build import sandbox_paths
 from ..sandbox.world import world_for
 from .readers import hub_rows, local_path, read_rows
 from .sandbox_mopenorca import sandbox_mopenorca_records
@@ -130,13 +129,13 @@ def load_sandbox(cfg: ExperimentConfig, spec: DatasetSpec, dataset: str) -> list
     name = spec.name or dataset
     if name == "mopenorca":
         return sandbox_mopenorca_records(cfg, dataset)
-    wspec = cfg.sandbox.world_spec()
-    dump = world_dir(wspec, cft_home()) / "data" / f"{name}.jsonl"
-    if dump.exists() and (dump.parent.parent / "world.json").exists():
+    wd = sandbox_paths(cfg)["world"]
+    dump = wd / "data" / f"{name}.jsonl"
+    if dump.exists() and (wd / "world.json").exists():
         # The world's own dump (ensure_sandbox writes world.json after every dataset): the same records, read in
         # ~1/10 of the time generating them takes, which every training process would otherwise pay.
         return read_jsonl(dump)
-    return world_for(wspec).dataset(name)
+    return world_for(cfg.sandbox.world_spec()).dataset(name)
 
 
 LOADERS = {"alpaca": load_alpaca, "multialpaca": load_multialpaca, "openorca": load_openorca}
