@@ -224,6 +224,28 @@ def test_a_missing_metric_is_missing_not_zero(evaluated, tmp_path):
     assert rows[rows.benchmark == "MMLU"].value.isna().all() and rows[rows.benchmark == "MMLU"].n.isna().all()
 
 
+def test_lm_eval_describes_the_environment_once_per_process(monkeypatch):
+    """lm-eval's environment report (torch's collect_env: ~30 subprocesses) is made once; every later result gets
+    the same keys and values."""
+    import lm_eval.evaluator as ev
+
+    made = []
+
+    def fake(storage):
+        made.append(1)
+        storage.update({"pretty_env_info": f"report {len(made)}", "lm_eval_version": "x"})
+
+    monkeypatch.setattr(ev, "add_env_info", fake)
+    runner.env_info_once()
+    runner.env_info_once()  # a second call does not wrap the wrapper
+    first, second = {"a": 1}, {}
+    ev.add_env_info(first)
+    ev.add_env_info(second)
+    assert len(made) == 1
+    assert first == {"a": 1, "pretty_env_info": "report 1", "lm_eval_version": "x"}
+    assert second == {"pretty_env_info": "report 1", "lm_eval_version": "x"}
+
+
 @pytest.mark.slow
 def test_second_call_is_free_and_a_deleted_cache_reruns_only_its_task(evaluated, monkeypatch):
     import lm_eval
@@ -251,6 +273,7 @@ def test_second_call_is_free_and_a_deleted_cache_reruns_only_its_task(evaluated,
     monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
     runner.evaluate_runs(cfg, plan.phase2, progress=False)
     assert calls == [["sb_xquad_qac"]]
+    assert getattr(lm_eval.evaluator.add_env_info, "_cft_once", False)  # the evaluation path reports it once
     after = json.loads(cache.read_text())
     assert after["metrics"] == before["metrics"]  # greedy decoding: the same numbers again
 
