@@ -246,6 +246,26 @@ def test_lm_eval_describes_the_environment_once_per_process(monkeypatch):
     assert second == {"pretty_env_info": "report 1", "lm_eval_version": "x"}
 
 
+def test_lm_eval_compiles_each_template_once_and_renders_the_same_text(monkeypatch):
+    import lm_eval.utils as lu
+
+    original = lu.apply_template
+    monkeypatch.setattr(lu, "apply_template", original)  # restored after the test
+    compiled = []
+    real_from_string = lu.env.from_string
+    monkeypatch.setattr(lu.env, "from_string", lambda t: compiled.append(t) or real_from_string(t))
+    template = "{{question.strip()}} | {{ choices | join(', ') | regex_replace('a', 'A') }}"
+    docs = [{"question": f" q{i} ", "choices": ["a", "b"]} for i in range(3)]
+    expected = [original(template, d) for d in docs]
+    compiled.clear()
+    runner.templates_compiled_once()
+    runner.templates_compiled_once()
+    assert [lu.apply_template(template, d) for d in docs] == expected == [f"q{i} | A, b" for i in range(3)]
+    assert compiled == [template]  # compiled once for three documents
+    with pytest.raises(Exception, match="missing"):  # lm-eval's StrictUndefined still applies
+        lu.apply_template("{{ missing }}", {})
+
+
 @pytest.mark.slow
 def test_second_call_is_free_and_a_deleted_cache_reruns_only_its_task(evaluated, monkeypatch):
     import lm_eval
@@ -274,6 +294,7 @@ def test_second_call_is_free_and_a_deleted_cache_reruns_only_its_task(evaluated,
     runner.evaluate_runs(cfg, plan.phase2, progress=False)
     assert calls == [["sb_xquad_qac"]]
     assert getattr(lm_eval.evaluator.add_env_info, "_cft_once", False)  # the evaluation path reports it once
+    assert getattr(lm_eval.utils.apply_template, "_cft_once", False)  # and compiles each template once
     after = json.loads(cache.read_text())
     assert after["metrics"] == before["metrics"]  # greedy decoding: the same numbers again
 

@@ -502,11 +502,36 @@ def env_info_once() -> None:
     ev.add_env_info = add_env_info
 
 
+def templates_compiled_once() -> None:
+    """Make lm-eval compile each Jinja prompt template once per process, not once per document.
+
+    ``lm_eval.utils.apply_template`` calls ``Environment.from_string`` for every document and field (the text, the
+    target, the choices): 1,200 compilations for one checkpoint's language-ability suite, ~1.2 s of its ~14 s,
+    measured. The compiled template renders the same text; it is kept per template string, in lm-eval's own
+    environment (its filters and undefined-variable rule).
+    """
+    import lm_eval.utils as lu
+
+    if getattr(lu.apply_template, "_cft_once", False):
+        return
+    compiled: dict[str, Any] = {}
+
+    def apply_template(template: str, doc: dict) -> str:
+        t = compiled.get(template)
+        if t is None:
+            t = compiled[template] = lu.env.from_string(template)
+        return t.render(**doc)
+
+    apply_template._cft_once = True  # type: ignore[attr-defined]
+    lu.apply_template = apply_template
+
+
 def _evaluate_locked(cfg, run, todo, done, settings, task_manager, local_data) -> dict[str, Any]:
     import lm_eval
 
     t_all = time.time()
     env_info_once()
+    templates_compiled_once()
     if any(j.spec.runner == "alpaca_eval" for j in todo) and cfg.evaluation.judge != "reference":
         make_judge(cfg, [])  # fail on a missing endpoint/judge model before hours of generation, not after
     tm = task_manager or make_task_manager(cfg, [j.task for j in todo], local_data)
