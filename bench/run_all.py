@@ -22,10 +22,11 @@ from pathlib import Path
 from benchlib import PY, REPO, RESULTS, machine
 
 # In the order they run; the training benchmarks last but one (the longest), the read-only one last.
-BENCHES = ["bench_tokenized", "bench_generate", "bench_mpd_memory", "bench_train_vs_trl", "bench_padding_free",
-           "bench_attention", "bench_executor", "bench_reproduce"]
+BENCHES = ["bench_tokenized", "bench_generate", "bench_evaluate", "bench_mpd_memory", "bench_train_vs_trl",
+           "bench_padding_free", "bench_attention", "bench_executor", "bench_reproduce"]
 # bench script -> result file stem(s) it writes
-RESULT_OF = {"bench_tokenized": ["tokenized"], "bench_generate": ["generate"], "bench_mpd_memory": ["mpd_memory"],
+RESULT_OF = {"bench_tokenized": ["tokenized"], "bench_generate": ["generate"],
+             "bench_evaluate": ["evaluate"], "bench_mpd_memory": ["mpd_memory"],
              "bench_train_vs_trl": ["train_vs_trl"], "bench_padding_free": ["padding_free", "padding_free_loss"],
              "bench_attention": ["attention"],
              "bench_executor": ["executor"], "bench_reproduce": ["reproduce"]}
@@ -120,6 +121,10 @@ def render(quick: bool, runs: list[dict] | None, command: str) -> Path:
         r = results["generate"]
         lines.append(f"- Generation ({r['prompts']} prompts x {r['max_new_tokens']} tokens, {r['threads']} thread): "
                      f"batched and one-at-a-time answers {'identical' if r['identical_answers'] else 'DIFFER'}.")
+    if results.get("evaluate"):
+        r = results["evaluate"]
+        lines.append(f"- Evaluation ({r['tasks']} tasks in {r['lm_eval_calls']} lm-eval calls, {r['threads']} thread): "
+                     f"metrics of the two arms {'identical' if r['identical_metrics'] else 'DIFFER'}.")
     if results.get("tokenized"):
         r = results["tokenized"]
         med = sorted(x["seconds"] for x in r["uncached_s"])[len(r["uncached_s"]) // 2]
