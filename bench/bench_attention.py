@@ -5,8 +5,8 @@ With padding-free batches a step's 16 sequences are one row; masked ``sdpa`` sco
 of the row, so its cost grows with the square of the row's length, while ``sdpa_packed`` (cft_utils.attention)
 scores each sequence against itself. Measured on two sandbox Phase 1 runs (same base model, data, seed, 1 thread):
 the Alpaca-like set (short records, ~420 tokens per row) and the OpenOrca-like set (long records). A and B
-alternate, each a fresh ``python -m cft_utils.train`` process; the ratio is the training loop's tokens/s (B's
-``trainer.train()`` seconds / A's), median of ``--reps``. Both losses are reported (same to float rounding).
+alternate, each trained from scratch through ``train.execute`` in this process (the libraries load once); the ratio
+is the training loop's tokens/s (B's ``trainer.train()`` seconds / A's), median of ``--reps``. Both losses are reported (same to float rounding).
 
     .venv/bin/python bench/bench_attention.py            # 2 reps of 0.2-epoch runs per set (make bench)
     .venv/bin/python bench/bench_attention.py --quick    # 1 rep of 0.05-epoch runs
@@ -15,9 +15,8 @@ alternate, each a fresh ``python -m cft_utils.train`` process; the ratio is the 
 from __future__ import annotations
 
 import argparse
-import json
 
-from benchlib import PY, alternate, bench_home, fresh, ratio, sub_env, timed, write_result
+from benchlib import alternate, bench_home, ratio, train_here, write_result
 
 SETS = ("alpaca", "openorca")
 
@@ -32,9 +31,6 @@ def main() -> None:
     epochs = args.epochs or (0.05 if args.quick else 0.2)
     home = bench_home()
 
-    from cft_utils.config import load_config, parse_set
-    from cft_utils.plan import plan_runs
-
     common = [f"training.epochs={epochs}", "training.save_steps=1000", "training.logging_steps=5",
               "training.num_threads=1", "training.padding_free=true"]
     arms = {"packed": [*common, "training.attn_implementation=sdpa_packed"],
@@ -42,17 +38,9 @@ def main() -> None:
     ratios, runs = [], {}
     for data in SETS:
         def arm(name: str, data=data):
-            sets = arms[name]
-            run = next(r for r in plan_runs(load_config("sandbox", parse_set(sets))).phase1
-                       if r.phase1_data == data)
-            cmd = [PY, "-m", "cft_utils.train", "--params", "sandbox", "--run", run.name]
-            for s in sets:
-                cmd += ["--set", s]
-
             def go() -> dict:
-                fresh(run.dir)
-                timed(cmd, sub_env(1), log=home / "logs" / f"bench_attention_{data}_{name}.log")
-                s = json.loads((run.dir / "summary.json").read_text())
+                s = train_here(arms[name], lambda r: r.phase1_data == data,
+                               home / "logs" / f"bench_attention_{data}_{name}.log")
                 return {"train_s": s["runtime_s"], "train_loss": s["train_loss"],
                         "tokens_per_row": round(s["n_tokens"] / max(1, s["n_records"]) * 16)}
             return go

@@ -1,7 +1,7 @@
 """Benchmark: TRL padding-free batching vs padded batches on the sandbox Phase 1 run, through the project's path.
 
-Both sides are ``python -m cft_utils.train`` on the same run, seed and data (the tokenised set comes from the
-cache, so both train on identical rows); only ``training.padding_free`` differs. Measured:
+Both sides train the same run, seed and data through ``train.execute``, in this process (the tokenised set comes
+from the cache, so both train on identical rows); only ``training.padding_free`` differs. Measured:
 
 * speed: training-loop seconds (``summary.json`` ``runtime_s``) of a shortened run (``--epochs``), A and B
   alternating, median of ``--reps``; ratio = padded seconds / padding-free seconds (> 1: padding-free faster);
@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
-from benchlib import PY, alternate, bench_home, fresh, ratio, sub_env, timed, write_result
+from benchlib import alternate, bench_home, ratio, train_here, write_result
 
 RUN = "phase1/tiny-llama/alpaca"  # its first training seed
 TOLERANCE = 0.02  # relative |final loss difference| accepted for padding-free as the default
 
 
 def run_once(padding_free: bool, sets: list[str], threads: int, seed: int | None = None, reuse: bool = False) -> dict:
-    """Train the run from scratch in a subprocess (``reuse``: unless it is already done, for the deterministic
-    full runs of the loss check); its summary numbers plus the wall time."""
+    """Train the run from scratch in this process (``reuse``: unless it is already done, for the deterministic
+    full runs of the loss check); its summary numbers plus the wall time (without the libraries' import)."""
     from cft_utils.config import load_config, parse_set
     from cft_utils.plan import plan_runs
 
@@ -44,12 +45,9 @@ def run_once(padding_free: bool, sets: list[str], threads: int, seed: int | None
         s = json.loads((run.dir / "summary.json").read_text())
         return {"wall_s": None, "train_s": s["runtime_s"], "final_loss": s["final_loss"], "train_loss": s["train_loss"],
                 "steps": s["global_steps"], "n_tokens": s.get("n_tokens"), "run": run.name, "reused": True}
-    fresh(run.dir)
-    cmd = [PY, "-m", "cft_utils.train", "--params", "sandbox", "--run", run.name]
-    for s in sets:
-        cmd += ["--set", s]
-    wall = timed(cmd, sub_env(threads), log=run.dir.parent / f"{run.run_id}.bench.log")
-    s = json.loads((run.dir / "summary.json").read_text())
+    t0 = time.perf_counter()
+    s = train_here(sets, lambda r: r.run_id == run.run_id, run.dir.parent / f"{run.run_id}.bench.log")
+    wall = time.perf_counter() - t0  # in this process: loading, tokenising (cached), training, saving
     return {"wall_s": round(wall, 2), "train_s": s["runtime_s"], "final_loss": s["final_loss"],
             "train_loss": s["train_loss"], "steps": s["global_steps"], "n_tokens": s.get("n_tokens"), "run": run.name}
 

@@ -129,6 +129,27 @@ def write_result(bench: str, payload: dict, quick: bool) -> Path:
     return out
 
 
+def train_here(sets: list[str], pick: Callable, log: Path) -> dict:
+    """Train the sandbox Phase 1 run that ``pick(run)`` selects, from scratch, in this process (its output appended
+    to ``log``); returns its ``summary.json``. For benchmarks that time the training loop (``runtime_s``, measured
+    by the run itself): the libraries load once per benchmark, not once per run. The code path is the executor
+    worker's (``train.execute``)."""
+    import json
+
+    from cft_utils.config import load_config, parse_set
+    from cft_utils.executor import redirect_output
+    from cft_utils.plan import plan_runs
+    from cft_utils.train import execute
+
+    cfg = load_config("sandbox", parse_set(sets))
+    run = next(r for r in plan_runs(cfg).phase1 if pick(r))
+    fresh(run.dir)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with redirect_output(log):
+        execute(run, cfg, quiet=True)
+    return {"name": run.name, **json.loads((run.dir / "summary.json").read_text())}
+
+
 def fresh(path: Path) -> None:
     """Remove a run folder so the next run trains from scratch."""
     if path.exists():
