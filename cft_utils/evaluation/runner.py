@@ -508,7 +508,8 @@ def templates_compiled_once() -> None:
     ``lm_eval.utils.apply_template`` calls ``Environment.from_string`` for every document and field (the text, the
     target, the choices): 1,200 compilations for one checkpoint's language-ability suite, ~1.2 s of its ~14 s,
     measured. The compiled template renders the same text; it is kept per template string, in lm-eval's own
-    environment (its filters and undefined-variable rule).
+    environment (its filters and undefined-variable rule). Upstream: EleutherAI/lm-evaluation-harness#1286 (open)
+    proposes caching the rendered prompts.
     """
     import lm_eval.utils as lu
 
