@@ -6,7 +6,8 @@ of the row, so its cost grows with the square of the row's length, while ``sdpa_
 scores each sequence against itself. Measured on two sandbox Phase 1 runs (same base model, data, seed, 1 thread):
 the Alpaca-like set (short records, ~420 tokens per row) and the OpenOrca-like set (long records). A and B
 alternate, each trained from scratch through ``train.execute`` in this process (the libraries load once); the ratio
-is the training loop's tokens/s (B's ``trainer.train()`` seconds / A's), median of ``--reps``. Both losses are reported (same to float rounding).
+is the training loop's tokens/s (B's ``trainer.train()`` seconds / A's), median of ``--reps``. Both losses are
+reported (same to float rounding).
 
     .venv/bin/python bench/bench_attention.py            # 2 reps of 0.2-epoch runs per set (make bench)
     .venv/bin/python bench/bench_attention.py --quick    # 1 rep of 0.05-epoch runs
