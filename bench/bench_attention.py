@@ -42,7 +42,7 @@ def main() -> None:
             def go() -> dict:
                 s = train_here(arms[name], lambda r: r.phase1_data == data,
                                home / "logs" / f"bench_attention_{data}_{name}.log")
-                return {"train_s": s["runtime_s"], "train_loss": s["train_loss"],
+                return {"train_s": s["train_loop_s"], "train_loss": s["train_loss"],
                         "tokens_per_row": round(s["n_tokens"] / max(1, s["n_records"]) * 16)}
             return go
 

@@ -3,7 +3,7 @@
 Both sides train the same run, seed and data through ``train.execute``, in this process (the tokenised set comes
 from the cache, so both train on identical rows); only ``training.padding_free`` differs. Measured:
 
-* speed: training-loop seconds (``summary.json`` ``runtime_s``) of a shortened run (``--epochs``), A and B
+* speed: training-loop seconds (``summary.json`` ``train_loop_s``: ``trainer.train()`` alone) of a shortened run (``--epochs``), A and B
   alternating, median of ``--reps``; ratio = padded seconds / padding-free seconds (> 1: padding-free faster);
 * loss (``--loss-check``, not part of ``make bench``: three full runs): the full configured run (4 epochs,
   600 steps) once in each mode, plus padded at a second seed for the seed-to-seed spread; relative difference of
@@ -43,12 +43,12 @@ def run_once(padding_free: bool, sets: list[str], threads: int, seed: int | None
     run = next(r for r in plan_runs(cfg).phase1 if r.name.startswith(RUN + "/") or r.name == RUN)
     if reuse and run.done():
         s = json.loads((run.dir / "summary.json").read_text())
-        return {"wall_s": None, "train_s": s["runtime_s"], "final_loss": s["final_loss"], "train_loss": s["train_loss"],
+        return {"wall_s": None, "train_s": s["train_loop_s"], "final_loss": s["final_loss"], "train_loss": s["train_loss"],
                 "steps": s["global_steps"], "n_tokens": s.get("n_tokens"), "run": run.name, "reused": True}
     t0 = time.perf_counter()
     s = train_here(sets, lambda r: r.run_id == run.run_id, run.dir.parent / f"{run.run_id}.bench.log")
     wall = time.perf_counter() - t0  # in this process: loading, tokenising (cached), training, saving
-    return {"wall_s": round(wall, 2), "train_s": s["runtime_s"], "final_loss": s["final_loss"],
+    return {"wall_s": round(wall, 2), "train_s": s["train_loop_s"], "final_loss": s["final_loss"],
             "train_loss": s["train_loss"], "steps": s["global_steps"], "n_tokens": s.get("n_tokens"), "run": run.name}
 
 

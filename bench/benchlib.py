@@ -131,7 +131,7 @@ def write_result(bench: str, payload: dict, quick: bool) -> Path:
 
 def train_here(sets: list[str], pick: Callable, log: Path) -> dict:
     """Train the sandbox Phase 1 run that ``pick(run)`` selects, from scratch, in this process (its output appended
-    to ``log``); returns its ``summary.json``. For benchmarks that time the training loop (``runtime_s``, measured
+    to ``log``); returns its ``summary.json``. For benchmarks that time the training loop (``train_loop_s``, measured
     by the run itself): the libraries load once per benchmark, not once per run. The code path is the executor
     worker's (``train.execute``)."""
     import json

@@ -22,6 +22,7 @@ from typing import Any
 from .config import ExperimentConfig, load_config
 from .models import use_threads
 from .paths import PROJECT_ROOT, results_dir
+from .processes import skip_exit_collection
 
 LOG_FILE_ENV = "CFT_NOTEBOOK_LOG"
 # Switches read by the libraries when they are imported (make reproduce sets them for the kernel; start() sets
@@ -41,6 +42,8 @@ def start(profile: str, overrides: dict[str, Any] | str | None = None) -> Experi
     """Load and validate the parameter file (``overrides``: dotted keys, or a JSON/YAML string of them) and set
     torch's CPU threads to the profile's ``training.num_threads``; returns the configuration."""
     cfg = load_config(profile, overrides)
+    if in_kernel():  # papermill waits for the kernel to exit after the last cell (cft_utils.processes)
+        skip_exit_collection()
     log = route_logs(cfg)
     display_defaults()
     use_threads(cfg.training.num_threads)

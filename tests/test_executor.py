@@ -98,3 +98,29 @@ def test_submitit_job_path_runs_the_graph(tmp_path, monkeypatch):
     assert all(s["status"] == "trained" for s in statuses)
     assert is_done(runs[0].dir) and is_done(runs[0].parent.dir)
     assert list((tmp_path / "logs" / "submitit").glob("*/*_log.out"))
+
+
+def test_skipping_the_exit_collection_keeps_every_exit_step(tmp_path):
+    """cft_utils.processes: at exit the live objects are frozen, yet every atexit handler, weakref finalizer and
+    buffered stream still runs or flushes, and the exit status is kept."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "exit.txt"
+    script = f"""
+import atexit, gc, sys, weakref
+def last():  # registered before the skip: runs after it (atexit is last in, first out)
+    with open({str(out)!r}, "a") as f:
+        f.write(f"frozen={{gc.get_freeze_count() > 0}}\\n")
+atexit.register(last)
+from cft_utils.processes import skip_exit_collection
+skip_exit_collection(); skip_exit_collection()  # idempotent
+class Held: pass
+held = Held()
+weakref.finalize(held, lambda: open({str(out)!r}, "a").write("finalizer ran\\n"))
+sys.stdout.write("buffered, not flushed")
+sys.exit(3)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3 and p.stdout == "buffered, not flushed"
+    assert out.read_text().splitlines() == ["finalizer ran", "frozen=True"]

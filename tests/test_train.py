@@ -149,6 +149,7 @@ def test_smoke_phase1_to_phase2_end_to_end(smoke, monkeypatch):
         assert s["run_id"] == run.run_id and s["name"] == run.name and s["num_processes"] == 1
         assert isinstance(s["final_loss"], float) and math.isfinite(s["final_loss"]) and s["final_loss"] > 0
         assert s["global_steps"] > 0 and s["n_records"] > 0 and s["resumed_from"] is None
+        assert 0 < s["train_loop_s"] <= s["runtime_s"]  # trainer.train() alone; runtime_s adds saving
         p = json.loads((d / "provenance.json").read_text())
         assert {"git_commit", "packages", "seed", "hardware"} <= set(p)
         assert p["seed"] == cfg.seed and p["packages"]["torch"] and p["hardware"]["cpu_count"] >= 1
