@@ -85,3 +85,30 @@ def test_run_all_renders_results(tmp_path, monkeypatch):
     assert "old numbers" not in readme and readme.startswith("intro\n") and readme.endswith("after\n")
     assert "| x vs y | **1.00x tokens/s** | 0.67-2.00 (3) | >= 1 | 2026-01-01 | `bench/bench_generate.py` |" in readme
     assert "`make bench` took 1.0 min" in readme and "not run (no GPU lent)" in readme
+
+
+def test_padding_free_loss_verdict_uses_the_tolerance_or_the_float_order_control(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        run_all = _load(BENCH / "run_all.py", "bench_run_all_loss")
+        padding_free = _load(BENCH / "bench_padding_free.py", "bench_padding_free")
+    finally:
+        sys.path.remove(str(BENCH))
+    arm = lambda final, mean: {"final_loss": final, "train_loss": mean, "steps": 600}  # noqa: E731
+    diffs = {"padding_free": {"final_loss": 0.03, "train_loss": 0.005},       # beyond 2 %, within the control's 4 %
+             "padding_free_sdpa": {"final_loss": 0.05, "train_loss": 0.005},  # beyond both
+             "padded_accumulated": {"final_loss": 0.04, "train_loss": 0.004},
+             "padded_other_seed": {"final_loss": 0.12, "train_loss": 0.03}}
+    loss = {"run": "phase1/tiny-llama/alpaca", "date": "2026-01-01T00:00:00", "loss": {
+        "seed": 1, "other_seed": 2, "attention": "sdpa_packed", "control": ["training.per_device_batch_size=8"],
+        "padded": arm(1.0, 1.2), "padding_free": arm(1.03, 1.206), "padding_free_sdpa": arm(1.05, 1.206),
+        "padded_accumulated": arm(0.96, 1.2048), "padded_other_seed": arm(0.88, 1.164),
+        "rel_diff_from_padded": diffs, "tolerance": 0.02,
+        "within_tolerance": padding_free.within_tolerance(diffs)}}
+    assert loss["loss"]["within_tolerance"] == {"padding_free": True, "padding_free_sdpa": False}
+    diffs["padded_accumulated"]["train_loss"] = 0.001  # the mean loss now beyond 2 % and beyond the control: fails
+    diffs["padding_free"]["train_loss"] = 0.025
+    assert padding_free.within_tolerance(diffs)["padding_free"] is False
+    line = run_all.padding_free_loss_line(loss)
+    assert "padding-free with sdpa_packed 1.0300 (3.00% from padded" in line
+    assert "padding free within; padding free sdpa NOT within" in line
