@@ -84,8 +84,8 @@ def padding_free_loss_line(loss: dict) -> str:
     d, pad = lo["rel_diff_from_padded"], lo["padded"]
 
     def arm(name: str, what: str) -> str:
-        return (f"{what} {lo[name]['final_loss']:.4f} ({d[name]['final_loss']:.2%} from padded; mean training loss "
-                f"{d[name]['train_loss']:.2%})")
+        return (f"{what} {lo[name]['final_loss']:.4f} ({d[name]['final_loss']:.3%} from padded; mean training loss "
+                f"{d[name]['train_loss']:.3%})")
 
     verdict = "; ".join(f"{name.replace('_', ' ')} {'within' if ok else 'NOT within'}"
                         for name, ok in lo["within_tolerance"].items())

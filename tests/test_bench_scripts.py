@@ -110,5 +110,5 @@ def test_padding_free_loss_verdict_uses_the_tolerance_or_the_float_order_control
     diffs["padding_free"]["train_loss"] = 0.025
     assert padding_free.within_tolerance(diffs)["padding_free"] is False
     line = run_all.padding_free_loss_line(loss)
-    assert "padding-free with sdpa_packed 1.0300 (3.00% from padded" in line
+    assert "padding-free with sdpa_packed 1.0300 (3.000% from padded" in line
     assert "padding free within; padding free sdpa NOT within" in line
