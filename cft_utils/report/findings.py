@@ -203,16 +203,17 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
 
         variants = [c.removeprefix("verdict (").removesuffix(")") for c in robustness.columns
                     if c.startswith("verdict (") and c != "verdict (default)"]
-        lines += ["", f"Other world assumptions (`make robustness`: {', '.join(f'`{v}`' for v in variants)}; "
+        lines += ["", f"Other world assumptions and budgets (`make robustness`: {', '.join(f'`{v}`' for v in variants)}; "
                   f"`data/findings/{meta['output_name']}/robustness.csv`): {summary(robustness)}."]
         changed = robustness[robustness["same_verdicts"].eq(False)]
         for _, r in changed.iterrows():
             verdicts = ", ".join(f"{c.removeprefix('verdict (').removesuffix(')')}: {r[c]}"
-                                 for c in robustness.columns if c.startswith("verdict ("))
+                                 for c in robustness.columns if c.startswith("verdict (") and pd.notna(r[c]))
             lines.append(f"  - verdict changed: claim {int(r['claim'])}, {r['cell']}, {r['measure']}: {verdicts}")
     else:
-        lines += ["", "Other world assumptions: `make robustness` (a second world seed, another English share) was "
-                  "not run for this snapshot, so whether these verdicts survive them is not known."]
+        lines += ["", "Other world assumptions and budgets: `make robustness` (a second world seed, another English "
+                  "share, the 43-minute budget) was not run for this snapshot, so whether these verdicts survive them "
+                  "is not known."]
     return "\n".join(lines) + "\n"
 
 
