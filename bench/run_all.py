@@ -171,7 +171,11 @@ def render(quick: bool, runs: list[dict] | None, command: str) -> Path:
         t = rep.get("timing")
         if t:
             per = {n["notebook"].removesuffix(".ipynb"): n for n in t.get("notebooks", [])}
-            lines += ["", f"Whole run (`reports/<name>/timing.json`): **{t['wall_s'] / 60:.1f} min wall, "
+            from cft_utils.report.findings import describe_start
+
+            started = describe_start(t.get("home_at_start"))
+            lines += ["", f"Whole run (`reports/<name>/timing.json`{f', {started}' if started else ''}): "
+                      f"**{t['wall_s'] / 60:.1f} min wall, "
                       f"{t['cpu_s'] / 60:.1f} min CPU time = {t['cpu_over_wall']}x wall** on {t['cores']} cores "
                       f"(target: >= 1.7x, both cores busy; {'every notebook' if t['complete'] else 'NOT every notebook'}"
                       f"; load average at the end {t.get('load_avg_end')}). Per notebook, CPU/wall: "
@@ -211,8 +215,12 @@ def readme_table(results: dict, runs: list[dict] | None) -> bool:
     rep = results.get("reproduce") or {}
     t = rep.get("timing") if rep.get("available") else None
     if t:
+        from cft_utils.report.findings import describe_start
+
+        started = describe_start(t.get("home_at_start"))
         rows.append(f"| the whole sandbox `make reproduce` (every seed), CPU time / wall time | **{t['cpu_over_wall']}x** "
-                    f"({t['wall_s'] / 60:.1f} min wall) | 1 run | >= 1.7 | {rep.get('written', '')[:10]} | "
+                    f"({t['wall_s'] / 60:.1f} min wall{f', {started}' if started else ''}) | 1 run | >= 1.7 | "
+                    f"{rep.get('written', '')[:10]} | "
                     "`bench/bench_reproduce.py` (reads its timing.json) |")
     gpu = RESULTS / "gpu_sft_mfu.json"
     if not gpu.exists():

@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else PROJECT_ROOT / "reports" / name
     if overrides:
         print(f"[reproduce] overrides {overrides} -> reports/, results/, figures/ under '{name}'", flush=True)
+    start = home_at_start(args.profile, overrides)
     t_all, status = time.time(), 0
     cpu_all, timings = _cpu_seconds(), []
     for i, nb_name in enumerate(todo):
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[reproduce] report site: {index}", flush=True)
     verdict = "failed" if status else "all done"
     wall, cpu = time.time() - t_all, _cpu_seconds() - cpu_all
-    write_timing(out_dir, timings, wall, cpu, complete=not status and todo == list(NOTEBOOKS))
+    write_timing(out_dir, timings, wall, cpu, complete=not status and todo == list(NOTEBOOKS), start=start)
     print(f"[reproduce] {verdict} in {_clock(wall)} (CPU time {_clock(cpu)}, {cpu / max(wall, 1e-9):.2f}x wall on "
           f"{os.cpu_count()} cores); reports in {out_dir}", flush=True)
     return status
@@ -392,9 +393,29 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def write_timing(out_dir: Path, timings: list[dict], wall: float, cpu: float, complete: bool) -> Path:
+def home_at_start(profile: str, overrides: dict) -> dict:
+    """What ``$CFT_HOME`` held before a run: whether the sandbox's pre-trained base model was built (None outside
+    the sandbox: real base models come from the hub cache) and how many finished runs it held. Timings say which
+    start they measure: from an empty home, the base model's pre-training is part of them."""
+    from .config import load_config
+    from .paths import cft_home
+
+    cfg = load_config(profile, overrides)
+    base = None
+    if cfg.sandbox is not None:
+        from .sandbox.build import sandbox_paths
+
+        base = (sandbox_paths(cfg)["base"] / "DONE").exists()
+    runs = cft_home() / "runs"
+    done = sum(1 for d in runs.iterdir() if (d / "DONE").exists()) if runs.is_dir() else 0
+    return {"base_model_built": base, "runs_done": done}
+
+
+def write_timing(out_dir: Path, timings: list[dict], wall: float, cpu: float, complete: bool,
+                 start: dict | None = None) -> Path:
     """``reports/<name>/timing.json``: wall and CPU seconds per notebook and in all (read by bench/bench_reproduce.py
-    and the README). CPU time counts finished child processes, so a notebook's workers count once they exit."""
+    and the README), and what CFT_HOME held at the start (:func:`home_at_start`). CPU time counts finished child
+    processes, so a notebook's workers count once they exit."""
     import platform
 
     from .io import write_json
@@ -405,7 +426,8 @@ def write_timing(out_dir: Path, timings: list[dict], wall: float, cpu: float, co
             "cpu_over_wall": round(cpu / max(wall, 1e-9), 2), "cores": os.cpu_count(), "complete": complete,
             "machine": platform.processor() or platform.machine(), "load_avg_end": [round(x, 2) for x in
                                                                                   os.getloadavg()],
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git("rev-parse", "--short", "HEAD") or None}
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git("rev-parse", "--short", "HEAD") or None,
+            "home_at_start": start}
     write_json(out, data)
     return out
 

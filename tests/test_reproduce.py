@@ -192,3 +192,22 @@ def test_routing_catches_python_logging_and_file_descriptor_2(tmp_path):
     text = log.read_text()
     for s in ("w1", "l1", "p1", "fd1", "sub1"):
         assert s in text, s
+
+
+def test_timing_records_what_cft_home_held_at_the_start(tmp_path, monkeypatch):
+    from cft_utils.report.findings import describe_start
+    from cft_utils.reproduce import home_at_start, write_timing
+
+    monkeypatch.setenv("CFT_HOME", str(tmp_path / "home"))
+    start = home_at_start("smoke", {})
+    assert start == {"base_model_built": False, "runs_done": 0}
+    assert describe_start(start).startswith("from scratch")
+    (tmp_path / "home" / "runs" / "p1-x").mkdir(parents=True)
+    (tmp_path / "home" / "runs" / "p1-y").mkdir()
+    (tmp_path / "home" / "runs" / "p1-x" / "DONE").write_text("{}")  # a finished run; p1-y is not
+    assert home_at_start("smoke", {})["runs_done"] == 1
+    assert describe_start({"base_model_built": True, "runs_done": 0}) == "with the base model already built and no run done"
+    assert describe_start({"base_model_built": True, "runs_done": 3}) == "with 3 finished run(s) already in CFT_HOME"
+    assert describe_start(None) is None
+    t = json.loads(write_timing(tmp_path, [], 60.0, 100.0, complete=True, start=start).read_text())
+    assert t["home_at_start"] == start and t["cpu_over_wall"] == 1.67

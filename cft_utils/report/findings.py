@@ -118,7 +118,8 @@ def render_previous(prev: dict | None, meta: dict) -> list[str]:
     before = "; ".join(f"commit `{r['commit']}`, {r['date']}" for r in runs)
     if prev["claims_identical"]:
         same = all(r.get("machine") == meta.get("machine") for r in runs)
-        return ["", f"Reproduced: this run (commit `{meta.get('commit')}`, from an empty `CFT_HOME`) and the earlier "
+        started = describe_start((meta.get("timing") or {}).get("home_at_start"))
+        return ["", f"Reproduced: this run (commit `{meta.get('commit')}`{f', {started}' if started else ''}) and the earlier "
                 f"complete run(s) it replaced ({before}) wrote byte-identical `claims.csv` files"
                 + (" on the same kind of machine with the same seeds." if same else
                    f" (machines: {', '.join(sorted({str(r.get('machine')) for r in runs} | {str(meta.get('machine'))}))}).")]
@@ -149,6 +150,21 @@ def instrument_summary(cfg) -> pd.DataFrame:
         p = p[(p["language"] == "en") & (p["strategy"] == "none")]
         table["English answers in English"] = p.groupby(keys)["in_language"].mean()
     return table.reset_index()
+
+
+def describe_start(start: dict | None) -> str | None:
+    """What ``$CFT_HOME`` held when a timed ``make reproduce`` started (``timing.json``'s ``home_at_start``,
+    :func:`cft_utils.reproduce.home_at_start`) in words; None when it was not recorded."""
+    if not start:
+        return None
+    runs = start.get("runs_done") or 0
+    if runs:
+        return f"with {runs} finished run(s) already in CFT_HOME"
+    if start.get("base_model_built"):
+        return "with the base model already built and no run done"
+    if start.get("base_model_built") is False:
+        return "from scratch (the base model pre-trained in the run, no run done before)"
+    return "with no run done"
 
 
 def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = None) -> str:
@@ -187,7 +203,9 @@ def render(claims: pd.DataFrame, meta: dict, robustness: pd.DataFrame | None = N
     lines += render_previous(meta.get("previous_run"), meta)
     timing = meta.get("timing")
     if timing:
-        lines += ["", f"`make reproduce` of this snapshot: {timing['wall_s'] / 60:.1f} min wall, "
+        started = describe_start(timing.get("home_at_start"))
+        lines += ["", f"`make reproduce` of this snapshot{f' ({started})' if started else ''}: "
+                  f"{timing['wall_s'] / 60:.1f} min wall, "
                   f"{timing['cpu_s'] / 60:.1f} min CPU time ({timing['cpu_over_wall']:.2f}x wall on {timing['cores']} "
                   "cores), per notebook: " + ", ".join(f"{n['notebook'][:2]} {n['wall_s'] / 60:.1f}"
                                                        for n in timing.get("notebooks", [])) + " min."]
