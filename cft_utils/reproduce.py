@@ -349,12 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_set(args.set_)
         todo = select(args.only)
         name = output_name(args.profile, overrides)
+        start = home_at_start(args.profile, overrides)  # also checks the parameter file before any notebook runs
     except (ValueError, ConfigError) as e:
         ap.error(str(e))
     out_dir = Path(args.out) if args.out else PROJECT_ROOT / "reports" / name
     if overrides:
         print(f"[reproduce] overrides {overrides} -> reports/, results/, figures/ under '{name}'", flush=True)
-    start = home_at_start(args.profile, overrides)
     t_all, status = time.time(), 0
     cpu_all, timings = _cpu_seconds(), []
     for i, nb_name in enumerate(todo):
