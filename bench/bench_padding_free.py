@@ -5,8 +5,8 @@ from the cache, so both train on identical rows); only ``training.padding_free``
 
 * speed: training-loop seconds (``summary.json`` ``train_loop_s``: ``trainer.train()`` alone) of a shortened run (``--epochs``), A and B
   alternating, median of ``--reps``; ratio = padded seconds / padding-free seconds (> 1: padding-free faster);
-* loss (``--loss-check``, not part of ``make bench``: five full runs): the full configured run (4 epochs, 600
-  steps) padding-free (with the profile's attention, and with sdpa), padded, padded with half-size batches
+* loss (``--loss-check``, not part of ``make bench``: five full runs): the full configured Phase 1 run
+  (``training.epochs``; RESULTS.md gives the steps it was measured with) padding-free (with the profile's attention, and with sdpa), padded, padded with half-size batches
   accumulated twice (the same batches and update in another float order: the control), and padded at a second
   seed (the seed-to-seed spread); relative differences from padded of the final logged loss and of the mean
   training loss. The default ``training.padding_free: true`` in params/sandbox.yaml stands on both differences
